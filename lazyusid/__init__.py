@@ -1,0 +1,35 @@
+"""lazyusid: apply functions to every spectrum of large USID datasets, lazily, on dask.
+
+The pipeline (see ``docs/concepts.md``): open a USID main dataset as a lazy
+xarray object (:func:`open_usid`), plan blocks under a memory budget, map a
+function over every spectrum, and stream the results to HDF5 or zarr.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lazyusid")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from .dimension import Dimension
+from .errors import DatasetSelectionError, InvalidUSIDError, LazyUSIDError
+from .files import list_main, tree
+from .layout import is_main, read_layout, validate_main
+from .open import open_usid
+from .write import write_main
+
+__all__ = [
+    "DatasetSelectionError",
+    "Dimension",
+    "InvalidUSIDError",
+    "LazyUSIDError",
+    "__version__",
+    "is_main",
+    "list_main",
+    "open_usid",
+    "read_layout",
+    "tree",
+    "validate_main",
+    "write_main",
+]

@@ -1,0 +1,55 @@
+"""xarray backend: ``xr.open_dataset(path, engine="usid")``."""
+
+from __future__ import annotations
+
+import os
+
+import xarray as xr
+from xarray.backends import BackendEntrypoint
+
+from .files import list_main
+from .open import open_usid
+
+
+class USIDBackendEntrypoint(BackendEntrypoint):
+    """Open every USID main dataset of an HDF5 file as a variable of one Dataset.
+
+    Variables are named by the dataset's name (e.g. ``Raw_Data``), or by its
+    HDF5 path without the leading ``/`` where names repeat; data stay lazy (dask).
+    Main datasets whose dimensions clash (same name, different size or
+    values) cannot share a Dataset: open them one by one with
+    :func:`lazyusid.open_usid`.
+    """
+
+    description = "Open USID (Universal Spectroscopy and Imaging Data) HDF5 files lazily"
+    url = "https://pycroscopy.github.io/USID/"
+    open_dataset_parameters = ("filename_or_obj", "drop_variables", "chunk_bytes")
+
+    def open_dataset(self, filename_or_obj, *, drop_variables=None, chunk_bytes=None):
+        path = os.fspath(filename_or_obj)
+        drop = set(drop_variables or ())
+        mains = list_main(path)
+        basenames = [m.rsplit("/", 1)[-1] for m in mains]
+        arrays = {}
+        for name, base in zip(mains, basenames):
+            # the basename when unique (netCDF forbids "/" in names), else the full path
+            key = base if basenames.count(base) == 1 else name.lstrip("/")
+            if key in drop or name in drop:
+                continue
+            arr = open_usid(path, name, chunk_bytes=chunk_bytes)
+            arrays[key] = arr.rename(key)
+        try:
+            ds = xr.merge(list(arrays.values()), join="exact", combine_attrs="drop", compat="no_conflicts")
+        except ValueError as exc:
+            raise ValueError(
+                f"the main datasets of {path!r} have clashing dimensions and cannot share one "
+                f"xarray.Dataset ({exc}); open them one at a time with lazyusid.open_usid(path, dataset=...)"
+            ) from exc
+        for key, arr in arrays.items():
+            ds[key].attrs = arr.attrs
+        ds.attrs["usid_file"] = os.path.abspath(path)
+        return ds
+
+    def guess_can_open(self, filename_or_obj) -> bool:
+        # USID files are plain .h5 files that h5netcdf also claims: open only when asked
+        return False

@@ -1,0 +1,129 @@
+"""Finding main datasets in a file, and printing a file's tree."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import h5py
+import numpy as np
+
+from .errors import DatasetSelectionError
+from .layout import is_main, read_layout
+
+PathLike = str | os.PathLike
+
+
+@contextmanager
+def open_file(source: PathLike | h5py.File | h5py.Group, mode: str = "r"):
+    """Yield an open h5py file for a path (closed afterwards) or pass an open one through."""
+    if isinstance(source, (h5py.File, h5py.Group)):
+        yield source.file
+        return
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        if not h5py.is_hdf5(path):
+            raise OSError(f"{path!r} is not an HDF5 file") from exc
+        raise
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def list_main(source: PathLike | h5py.File) -> list[str]:
+    """HDF5 paths of all USID main datasets in a file, in file order.
+
+    Examples
+    --------
+    >>> list_main("scan.h5")                                            # doctest: +SKIP
+    ['/Measurement_000/Channel_000/Raw_Data']
+    """
+    found: list[str] = []
+    with open_file(source) as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and is_main(obj):
+                found.append(obj.name)
+
+        f.visititems(visit)
+    return found
+
+
+def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
+    """The main dataset named ``dataset`` (a path or a unique basename), or the only one."""
+    mains = list_main(f)
+    if dataset is None:
+        if len(mains) == 1:
+            return f[mains[0]]
+        if not mains:
+            raise DatasetSelectionError(f"{f.filename!r} holds no USID main dataset")
+        listing = "\n  ".join(mains)
+        raise DatasetSelectionError(
+            f"{f.filename!r} holds {len(mains)} main datasets; choose one with dataset=...:\n  {listing}"
+        )
+    if dataset in f:
+        obj = f[dataset]
+        read_layout(obj)  # raises InvalidUSIDError explaining what is wrong
+        return obj
+    matches = [m for m in mains if m.rsplit("/", 1)[-1] == dataset.strip("/")]
+    if len(matches) == 1:
+        return f[matches[0]]
+    listing = "\n  ".join(mains) or "(none)"
+    why = "is ambiguous" if matches else "is not in the file"
+    raise DatasetSelectionError(f"dataset {dataset!r} {why} {f.filename!r}; main datasets:\n  {listing}")
+
+
+def tree(source: PathLike | h5py.File) -> str:
+    """A readable tree of an HDF5 file, marking USID main datasets and their dimensions.
+
+    Examples
+    --------
+    >>> print(tree("scan.h5"))                                          # doctest: +SKIP
+    scan.h5
+    └── Measurement_000/
+        └── Channel_000/
+            ├── Raw_Data  complex64 (16384, 119)  USID main: Y=128 × X=128 | Frequency=119  Piezoresponse [V]
+            ...
+    """
+    with open_file(source) as f:
+        lines = [os.path.basename(f.filename)]
+        _tree_lines(f, "", lines)
+    return "\n".join(lines)
+
+
+def _tree_lines(group: h5py.Group, prefix: str, lines: list[str]) -> None:
+    keys = list(group.keys())
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
+        obj = group.get(key)
+        if isinstance(obj, h5py.Group):
+            extra = ""
+            if "completed_positions" in obj.attrs or "tool" in obj.attrs:
+                extra = f"  [results: tool={_attr(obj, 'tool')}]"
+            lines.append(f"{prefix}{branch}{key}/{extra}")
+            _tree_lines(obj, prefix + cont, lines)
+        elif isinstance(obj, h5py.Dataset):
+            desc = f"{key}  {obj.dtype} {obj.shape}"
+            if is_main(obj):
+                lay = read_layout(obj)
+                pos = " × ".join(f"{d}={n}" for d, n in zip(lay.pos.dims, lay.pos.shape))
+                spec = " × ".join(f"{d}={n}" for d, n in zip(lay.spec.dims, lay.spec.shape))
+                desc += f"  USID main: {pos} | {spec}  {lay.quantity} [{lay.units}]"
+            lines.append(f"{prefix}{branch}{desc}")
+        else:
+            lines.append(f"{prefix}{branch}{key} (broken link)")
+
+
+def _attr(obj, key):
+    value = obj.attrs.get(key)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value

@@ -1,0 +1,223 @@
+"""Lazy, picklable opening of USID main datasets as xarray objects.
+
+Three layers, as in xarray's backends: :class:`H5Source` reads bytes (a file
+path and a dataset path, no h5py object, so a dask graph holding it pickles
+to worker processes); :mod:`lazyusid.layout` decodes the metadata;
+:func:`open_usid` builds the user-facing :class:`xarray.DataArray`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+from dask.utils import parse_bytes
+
+from .files import PathLike, open_file, select_main
+from .layout import FLAT_POSITION, Layout, read_layout
+
+
+class H5Source:
+    """Read-only access to a main dataset, viewed with its dimensions slowest first.
+
+    Holds only the file path, dataset path, shape and dtype. Every read
+    opens the file read-only and closes it again: a handle kept open would
+    hold HDF5's file lock and stop any process (including this one) from
+    opening the file for writing, e.g. to store results next to the source.
+    Opening costs well under a millisecond, small next to reading a block.
+
+    Parameters
+    ----------
+    path : str
+        File path.
+    dataset : str
+        HDF5 path of the 2-D main dataset.
+    pos_shape, spec_shape : tuple of int
+        Sizes of the position and spectroscopic dimensions, slowest first.
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, path: str, dataset: str, pos_shape, spec_shape, dtype):
+        self.path = os.path.abspath(os.fspath(path))
+        self.dataset = dataset
+        self.pos_shape = tuple(int(n) for n in pos_shape)
+        self.spec_shape = tuple(int(n) for n in spec_shape)
+        self.shape = self.pos_shape + self.spec_shape
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"H5Source({self.path!r}, {self.dataset!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __dask_tokenize__(self):
+        st = os.stat(self.path)
+        return (type(self).__name__, self.path, self.dataset, self.shape, str(self.dtype), st.st_mtime_ns, st.st_size)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the 2-D ``(positions, spectroscopic)`` dataset."""
+        with h5py.File(self.path, "r") as f:
+            dset = f[self.dataset]
+            out = np.empty((max(0, stop - start), dset.shape[1]), dtype=self.dtype)
+            if out.size:
+                dset.read_direct(out, np.s_[start:stop])
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        n_pos = len(self.pos_shape)
+        # read whole rows of the slowest position dimension, then index the rest in memory
+        outer = key[0]
+        if isinstance(outer, slice) and outer.step in (None, 1):
+            start, stop, _ = outer.indices(self.pos_shape[0])
+            stop = max(start, stop)
+            rest = (slice(None),) + key[1:]
+        else:
+            start, stop = 0, self.pos_shape[0]
+            rest = key
+        inner = int(np.prod(self.pos_shape[1:], dtype=np.int64))
+        rows = self.read_rows(start * inner, stop * inner)
+        block = rows.reshape((stop - start,) + self.pos_shape[1:] + self.spec_shape)
+        if n_pos == 0:  # pragma: no cover - main datasets always have positions
+            return block[key]
+        return block[rest]
+
+
+def positions_per_chunk(layout: Layout, chunk_bytes: int) -> int:
+    """How many steps of the slowest position dimension fit in ``chunk_bytes``."""
+    pos_sorted = layout.pos.sorted_shape
+    inner = int(np.prod(pos_sorted[1:], dtype=np.int64))
+    row_bytes = layout.shape[1] * layout.dtype.itemsize * inner
+    return int(max(1, min(pos_sorted[0], chunk_bytes // max(1, row_bytes))))
+
+
+def source_array(path: PathLike, layout: Layout, *, chunk_bytes: int | str | None = None, steps: int | None = None):
+    """Dask array of a main dataset in its N-D form (file order of dimensions).
+
+    Chunks split only the slowest position dimension, ``steps`` at a time
+    (default: as many as fit in ``chunk_bytes``, itself defaulting to dask's
+    ``array.chunk-size``); spectroscopic dimensions are never split.
+    """
+    pos, spec = layout.pos, layout.spec
+    source = H5Source(path, layout.path, pos.sorted_shape, spec.sorted_shape, layout.dtype)
+    if steps is None:
+        chunk_bytes = parse_bytes(chunk_bytes or dask.config.get("array.chunk-size"))
+        steps = positions_per_chunk(layout, chunk_bytes)
+    chunks = (int(steps),) + source.shape[1:]
+    arr = da.from_array(
+        source,
+        chunks=chunks,
+        lock=False,
+        asarray=True,
+        inline_array=True,
+        meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+        name="usid-" + dask.base.tokenize(source, chunks),
+    )
+    # from slowest-first back to the order of the labels in the file (as pyUSID)
+    n_pos = len(pos.sorted_shape)
+    file_order = _inverse(pos.sort_order) + tuple(n_pos + i for i in _inverse(spec.sort_order))
+    if file_order != tuple(range(arr.ndim)):
+        arr = arr.transpose(file_order)
+    return arr
+
+
+def _inverse(order) -> tuple[int, ...]:
+    inv = np.empty(len(order), dtype=int)
+    inv[list(order)] = np.arange(len(order))
+    return tuple(int(i) for i in inv)
+
+
+def open_usid(
+    path: PathLike,
+    dataset: str | None = None,
+    *,
+    chunk_bytes: int | str | None = None,
+) -> xr.DataArray:
+    """Open a USID main dataset as a lazy, dask-backed :class:`xarray.DataArray`.
+
+    Nothing of the main data is read until you compute. Dimensions are named
+    from the ancillary labels in pyUSID's N-D order (position dimensions,
+    then spectroscopic dimensions, as stored in the file); coordinates are
+    their values, with ``units`` in their attrs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An HDF5 file.
+    dataset : str, optional
+        HDF5 path of the main dataset, or its name if unique in the file.
+        Required when the file holds several main datasets.
+    chunk_bytes : int or str, optional
+        Target size of one chunk, e.g. ``"64MiB"`` (default: dask's
+        ``array.chunk-size``). Chunks split only the position dimensions.
+
+    Returns
+    -------
+    xarray.DataArray
+        With ``attrs`` ``quantity``, ``units``, ``long_name``, and
+        ``usid_file`` / ``usid_dataset`` naming the source.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    lazyusid.DatasetSelectionError
+        If ``dataset`` is not found, or several main datasets exist and none was named.
+    lazyusid.InvalidUSIDError
+        If the named dataset is not a valid main dataset.
+
+    Examples
+    --------
+    >>> da = open_usid("scan.h5")                                       # doctest: +SKIP
+    >>> da.dims                                                         # doctest: +SKIP
+    ('Y', 'X', 'Frequency')
+
+    Position dimensions that do not tile a grid (a spiral scan, an aborted
+    measurement, or the ``incomplete_dimensions`` attribute) give a single
+    ``Position`` dimension with each label's values as a coordinate.
+    """
+    path = os.path.abspath(os.fspath(path))
+    with open_file(path) as f:
+        layout = read_layout(select_main(f, dataset))
+        attrs = _main_attrs(f[layout.path])
+    data = source_array(path, layout, chunk_bytes=chunk_bytes)
+    coords = _coords(layout)
+    attrs.update(
+        quantity=layout.quantity,
+        units=layout.units,
+        long_name=layout.quantity,
+        usid_file=path,
+        usid_dataset=layout.path,
+    )
+    return xr.DataArray(data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs)
+
+
+def _coords(layout: Layout) -> dict:
+    coords = {}
+    for group in (layout.pos, layout.spec):
+        if group.complete:
+            for label, unit, values in zip(group.labels, group.units, group.values):
+                coords[label] = xr.Variable(label, values, attrs={"units": unit})
+        else:
+            for label, unit, values in zip(group.labels, group.units, group.values):
+                coords[label] = xr.Variable(FLAT_POSITION, values, attrs={"units": unit})
+    return coords
+
+
+_SKIP_ATTRS = {"Position_Indices", "Position_Values", "Spectroscopic_Indices", "Spectroscopic_Values"}
+
+
+def _main_attrs(dset) -> dict:
+    """Plain (non-reference) attributes of the main dataset, decoded."""
+    out = {}
+    for key, value in dset.attrs.items():
+        if key in _SKIP_ATTRS or isinstance(value, h5py.Reference):
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        out[key] = value
+    return out
