@@ -23,3 +23,27 @@ class DatasetSelectionError(LazyUSIDError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class BudgetError(LazyUSIDError, ValueError):
+    """A memory budget cannot hold even one position."""
+
+
+class SpectralFunctionError(LazyUSIDError, RuntimeError):
+    """The user's function failed (or returned something unusable) at a position.
+
+    Attributes
+    ----------
+    position : int or None
+        Flat index of the failing position (row of the flattened loop dimensions).
+    coords : dict
+        Its N-D index along each loop dimension.
+    """
+
+    def __init__(self, message: str, position: int | None = None, coords: dict | None = None):
+        super().__init__(message)
+        self.position = position
+        self.coords = dict(coords or {})
+
+    def __reduce__(self):  # keep attributes when sent back from a worker process
+        return (type(self), (self.args[0], self.position, self.coords))

@@ -1,0 +1,218 @@
+"""A user function with its parameters and outputs, as one frozen value.
+
+:class:`SpectralFunction` is what travels to worker processes: it holds the
+callable, its parameters, whether it is per-spectrum or per-block, and the
+declared (or inferred) outputs. :meth:`SpectralFunction.evaluate` runs it
+over one block of spectra and reports failures with their position.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SpectralFunctionError
+
+
+@dataclass(frozen=True)
+class Output:
+    """One named output of a function: the shape and dtype it has per spectrum.
+
+    Parameters
+    ----------
+    name : str
+    shape : tuple of int
+        ``()`` for a scalar per spectrum.
+    dtype : numpy dtype
+    dims : tuple of str, optional
+        Names of the new dimensions (default ``f"{name}_dim_{i}"``).
+    """
+
+    name: str
+    shape: tuple[int, ...] = ()
+    dtype: np.dtype = field(default=np.dtype("float64"))
+    dims: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        dims = self.dims or tuple(f"{self.name}_dim_{i}" for i in range(len(self.shape)))
+        if len(dims) != len(self.shape):
+            raise ValueError(f"output {self.name!r}: {len(dims)} dims {dims} for shape {self.shape}")
+        object.__setattr__(self, "dims", tuple(dims))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.str, "dims": list(self.dims)}
+
+
+OutputsLike = None | Sequence[str] | Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class SpectralFunction:
+    """A function applied to every spectrum (or every block of spectra).
+
+    Parameters
+    ----------
+    func : callable
+        ``func(spectrum, **params)`` or, with ``vectorized=True``,
+        ``func(block, **params)`` where ``block`` has the positions first.
+    params : mapping
+        Keyword arguments for ``func``.
+    outputs : tuple of Output
+        What ``func`` returns, in order.
+    vectorized : bool
+    single : bool
+        Whether ``func`` returns one unnamed value (not a tuple or dict).
+    """
+
+    func: Callable
+    params: Mapping
+    outputs: tuple[Output, ...]
+    vectorized: bool = False
+    single: bool = True
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__name__", type(self.func).__name__)
+
+    def split(self, result) -> list:
+        """The outputs of one call, in order, checking their number."""
+        if self.single:
+            return [result]
+        if isinstance(result, Mapping):
+            missing = [o.name for o in self.outputs if o.name not in result]
+            if missing:
+                raise ValueError(f"returned dict lacks outputs {missing}; it has {list(result)}")
+            return [result[o.name] for o in self.outputs]
+        if not isinstance(result, (tuple, list)) or len(result) != len(self.outputs):
+            raise ValueError(
+                f"expected {len(self.outputs)} outputs {[o.name for o in self.outputs]}, got {_describe(result)}"
+            )
+        return list(result)
+
+    def evaluate(self, block: np.ndarray, *, first: int = 0, loop_shape=(), loop_dims=()) -> tuple[np.ndarray, ...]:
+        """Run the function over a block of spectra ``(positions, *core)``.
+
+        ``first`` is the flat index of the block's first position; with
+        ``loop_shape`` and ``loop_dims`` it turns a failure into a message
+        naming the position.
+        """
+        n = block.shape[0]
+        outs = tuple(np.empty((n, *o.shape), dtype=o.dtype) for o in self.outputs)
+        if self.vectorized:
+            try:
+                parts = self.split(self.func(block, **self.params))
+                for out, part, o in zip(outs, parts, self.outputs):
+                    part = np.asarray(part)
+                    if part.shape != out.shape:
+                        raise ValueError(f"output {o.name!r} has shape {part.shape}, expected {out.shape}")
+                    out[...] = part
+            except Exception as exc:
+                raise self._error(exc, first, first + n, loop_shape, loop_dims) from exc
+            return outs
+        params = self.params
+        func = self.func
+        for i in range(n):
+            try:
+                parts = self.split(func(block[i], **params))
+                for out, part in zip(outs, parts):
+                    out[i] = part
+            except Exception as exc:
+                raise self._error(exc, first + i, None, loop_shape, loop_dims) from exc
+        return outs
+
+    def _error(self, exc, start, stop, loop_shape, loop_dims) -> SpectralFunctionError:
+        coords = {}
+        if loop_shape:
+            coords = dict(zip(loop_dims, (int(i) for i in np.unravel_index(start, loop_shape))))
+        where = f"position {start}" if stop is None else f"the block of positions {start}:{stop}"
+        if coords:
+            where += f" ({', '.join(f'{k}={v}' for k, v in coords.items())})"
+        tb = "".join(traceback.format_exception(exc)).rstrip()
+        message = (
+            f"{self.name} failed at {where} with params {_short(self.params)}: "
+            f"{type(exc).__name__}: {exc}\n\nOriginal traceback:\n{tb}"
+        )
+        return SpectralFunctionError(message, position=start, coords=coords)
+
+
+def infer_outputs(func, sample: np.ndarray, params: Mapping, outputs: OutputsLike, vectorized: bool):
+    """Run ``func`` on a real sample and describe its outputs.
+
+    ``sample`` is one spectrum (per-spectrum) or a block of a few spectra
+    (vectorised). Returns ``(outputs, single)``.
+    """
+    try:
+        result = func(sample, **params)
+    except Exception as exc:
+        name = getattr(func, "__name__", repr(func))
+        raise SpectralFunctionError(
+            f"{name} failed on the first spectrum while lazyusid inferred its outputs, with params "
+            f"{_short(params)}: {type(exc).__name__}: {exc}. Fix the function, or check it with "
+            "lazyusid.apply_at(data, func, position)."
+        ) from exc
+    declared: dict[str, object] = {}
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    if isinstance(outputs, Mapping):
+        declared = dict(outputs)
+        names = list(outputs)
+    elif outputs is not None:
+        names = list(outputs)
+    else:
+        names = None
+
+    if isinstance(result, Mapping):
+        single = False
+        names = names or list(result)
+        values = [result[k] for k in names]
+    elif isinstance(result, tuple):
+        single = False
+        names = names or [f"output_{i}" for i in range(len(result))]
+        if len(names) != len(result):
+            raise ValueError(f"outputs names {names} but the function returned {len(result)} values")
+        values = list(result)
+    else:
+        single = names is None or len(names) == 1
+        if not single:
+            raise ValueError(f"outputs names {names} but the function returned one value")
+        names = names or [getattr(func, "__name__", "result").strip("<>") or "result"]
+        values = [result]
+    result_outputs = []
+    for name, value in zip(names, values):
+        value = np.asarray(value)
+        shape = value.shape[1:] if vectorized else value.shape
+        spec = declared.get(name)
+        if isinstance(spec, Output):
+            result_outputs.append(spec)
+            continue
+        dtype, dims = value.dtype, None
+        if isinstance(spec, Mapping):
+            dtype = spec.get("dtype", dtype)
+            shape = tuple(spec.get("shape", shape))
+            dims = spec.get("dims")
+        elif spec is not None:
+            dtype = spec
+        if np.dtype(dtype).kind in "OUS":
+            raise TypeError(f"output {name!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype)")
+        result_outputs.append(Output(name, shape, dtype, dims))
+    return tuple(result_outputs), single
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _short(params: Mapping, limit: int = 200) -> str:
+    text = repr(dict(params))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,104 @@
+"""Where blocks run: in-process, on threads, or in worker processes.
+
+Per-spectrum Python functions hold the GIL, so they run in worker
+processes of a :class:`distributed.LocalCluster` that is started once per
+session and reused (DESIGN.md, decision 4). Vectorised NumPy functions
+release the GIL and run on threads. Small jobs run in-process.
+
+The dask graph itself runs on whatever scheduler computes it; each block
+task hands its function evaluation to the process pool when the plan says
+so, unless it already runs inside a distributed worker (the user's own
+``Client``, e.g. from dask-jobqueue), where it evaluates in place.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from dataclasses import dataclass
+
+#: per-spectrum jobs whose estimated run time is below this run in-process
+INLINE_SECONDS = 1.0
+
+_lock = threading.Lock()
+_pool: dict = {}
+
+
+def default_cores() -> int:
+    """All cores but one, leaving one for the client (but two on a two-core machine).
+
+    On two cores the client process mostly waits for results, so both cores
+    are given to workers.
+    """
+    n = os.cpu_count() or 1
+    return n if n <= 2 else n - 1
+
+
+@dataclass(frozen=True)
+class Executor:
+    """How block tasks evaluate the function: ``"inline"`` or ``"processes"``."""
+
+    kind: str = "inline"
+    cores: int = 1
+
+    def run(self, fn, *args, **kwargs):
+        if self.kind == "processes" and not _in_distributed_worker():
+            client = shared_client(self.cores)
+            return client.submit(fn, *args, **kwargs, pure=False).result()
+        return fn(*args, **kwargs)
+
+
+def _in_distributed_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def shared_client(cores: int):
+    """The session's process-pool client with ``cores`` workers, started on first use."""
+    from distributed import Client, LocalCluster
+
+    with _lock:
+        client = _pool.get(cores)
+        if client is None or client.status != "running":
+            cluster = LocalCluster(
+                n_workers=cores,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs="error",
+            )
+            client = Client(cluster, set_as_default=False)
+            _pool[cores] = client
+        return client
+
+
+@atexit.register
+def shutdown() -> None:
+    """Close the worker processes lazyusid started (also called at exit)."""
+    with _lock:
+        for client in _pool.values():
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        _pool.clear()
+
+
+def choose_executor(*, vectorized: bool, estimated_seconds: float, cores: int | None, client) -> tuple[Executor, str]:
+    """Pick the executor and the scheduler to recommend; explain the choice in the second item."""
+    cores = default_cores() if cores is None else int(cores)
+    if cores < 1:
+        raise ValueError(f"cores must be at least 1, got {cores}")
+    if client is not None:
+        return Executor("inline", cores), "the given distributed Client"
+    if vectorized:
+        return Executor("inline", cores), "threads (vectorised function)"
+    if cores == 1 or estimated_seconds < INLINE_SECONDS:
+        return Executor("inline", 1), "in-process (small job)" if cores > 1 else "in-process (cores=1)"
+    return Executor("processes", cores), f"{cores} worker processes"

@@ -1,0 +1,169 @@
+"""Memory budget → blocks of positions: a plan you can inspect before running.
+
+Projected memory of one block = positions per block × (input bytes + output
+bytes + working bytes per position); times the blocks in flight at once.
+The plan refuses a budget that cannot hold one position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import psutil
+from dask.utils import format_bytes, parse_bytes
+
+from .errors import BudgetError
+
+BudgetLike = int | float | str | None
+
+#: share of the currently available memory used when no budget is given
+DEFAULT_BUDGET_SHARE = 0.25
+#: keep at least this many blocks per parallel worker, for balance and progress
+BLOCKS_PER_WORKER = 4
+
+
+def parse_budget(budget: BudgetLike) -> int:
+    """Bytes from ``"512MiB"``, ``"2 GB"``, a number of bytes, or ``None`` (the default share).
+
+    Examples
+    --------
+    >>> parse_budget("512MiB")
+    536870912
+    """
+    if budget is None:
+        return int(psutil.virtual_memory().available * DEFAULT_BUDGET_SHARE)
+    if isinstance(budget, str):
+        try:
+            value = parse_bytes(budget)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"cannot read memory budget {budget!r}; write it like '512MiB' or '2GB'") from exc
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        value = int(budget)
+    else:
+        raise TypeError(f"budget must be bytes (int) or a string like '512MiB', got {budget!r}")
+    if value <= 0:
+        raise ValueError(f"memory budget must be positive, got {budget!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How positions are grouped into blocks, and the memory that needs.
+
+    A *position* here is one row of the flattened loop dimensions: one call
+    of a per-spectrum function.
+    """
+
+    n_positions: int
+    positions_per_block: int
+    blocks_in_flight: int
+    input_bytes_per_position: int
+    output_bytes_per_position: int
+    working_bytes_per_position: int
+    budget_bytes: int
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n_positions / self.positions_per_block)
+
+    @property
+    def bytes_per_position(self) -> int:
+        return self.input_bytes_per_position + self.output_bytes_per_position + self.working_bytes_per_position
+
+    @property
+    def block_bytes(self) -> int:
+        return self.positions_per_block * self.bytes_per_position
+
+    @property
+    def projected_bytes(self) -> int:
+        """Projected peak: blocks in flight × bytes of one block."""
+        return self.blocks_in_flight * self.block_bytes
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """(start, stop) of every block."""
+        step = self.positions_per_block
+        return [(s, min(s + step, self.n_positions)) for s in range(0, self.n_positions, step)]
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockPlan({self.n_blocks} blocks of {self.positions_per_block} positions "
+            f"({self.n_positions} in all), {self.blocks_in_flight} in flight, "
+            f"projected peak {format_bytes(self.projected_bytes)} of {format_bytes(self.budget_bytes)} budget; "
+            f"per position: {format_bytes(self.input_bytes_per_position)} in, "
+            f"{format_bytes(self.output_bytes_per_position)} out, "
+            f"{format_bytes(self.working_bytes_per_position)} working)"
+        )
+
+
+def plan_blocks(
+    n_positions: int,
+    input_bytes_per_position: int,
+    output_bytes_per_position: int,
+    *,
+    budget: BudgetLike = None,
+    mem_multiplier: float = 1.0,
+    blocks_in_flight: int = 1,
+    positions_per_block: int | None = None,
+    workers: int = 1,
+) -> BlockPlan:
+    """Choose positions per block so that the projected peak stays within the budget.
+
+    Parameters
+    ----------
+    n_positions : int
+        Number of positions (function calls) in all.
+    input_bytes_per_position, output_bytes_per_position : int
+        Bytes read and written per position.
+    budget : int or str, optional
+        Memory for the whole computation, e.g. ``"512MiB"``; default a
+        quarter of the memory available now.
+    mem_multiplier : float
+        Working memory of the function per position, as a multiple of its
+        input bytes (pyUSID's ``mem_multiplier``).
+    blocks_in_flight : int
+        Blocks held in memory at the same time (about the number of parallel workers).
+    positions_per_block : int, optional
+        Force a block size (still checked against the budget).
+    workers : int
+        Parallel workers; blocks are kept small enough that each gets several.
+
+    Raises
+    ------
+    BudgetError
+        If the budget cannot hold one position per block in flight.
+    """
+    budget_bytes = parse_budget(budget)
+    if n_positions < 1:
+        raise ValueError(f"nothing to compute: {n_positions} positions")
+    working = int(math.ceil(input_bytes_per_position * mem_multiplier))
+    per_position = input_bytes_per_position + output_bytes_per_position + working
+    fits = budget_bytes // max(1, per_position * blocks_in_flight)
+    if fits < 1:
+        raise BudgetError(
+            f"a memory budget of {format_bytes(budget_bytes)} cannot hold one position: each needs "
+            f"{format_bytes(per_position)} ({format_bytes(input_bytes_per_position)} input + "
+            f"{format_bytes(output_bytes_per_position)} output + {format_bytes(working)} working memory) "
+            f"and {blocks_in_flight} blocks are in flight, so at least "
+            f"{format_bytes(per_position * blocks_in_flight)}. Raise the budget, lower mem_multiplier, "
+            "or use fewer cores."
+        )
+    if positions_per_block is None:
+        balanced = math.ceil(n_positions / (BLOCKS_PER_WORKER * max(1, workers)))
+        positions_per_block = max(1, min(fits, balanced))
+    elif positions_per_block > fits:
+        raise BudgetError(
+            f"{positions_per_block} positions per block need "
+            f"{format_bytes(positions_per_block * per_position * blocks_in_flight)} with "
+            f"{blocks_in_flight} blocks in flight, over the budget of {format_bytes(budget_bytes)}; "
+            f"at most {fits} positions per block fit. Lower positions_per_block or raise the budget."
+        )
+    return BlockPlan(
+        n_positions=int(n_positions),
+        positions_per_block=int(min(positions_per_block, n_positions)),
+        blocks_in_flight=int(blocks_in_flight),
+        input_bytes_per_position=int(input_bytes_per_position),
+        output_bytes_per_position=int(output_bytes_per_position),
+        working_bytes_per_position=working,
+        budget_bytes=budget_bytes,
+    )

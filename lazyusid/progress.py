@@ -1,0 +1,25 @@
+"""Progress bars for block computations (tqdm: terminal and notebook)."""
+
+from __future__ import annotations
+
+import threading
+
+from tqdm.auto import tqdm
+
+_lock = threading.Lock()
+_bars: dict[str, tqdm] = {}
+
+
+def tick(key: str, total: int, desc: str) -> None:
+    """Count one finished block of the computation ``key`` (``total`` blocks in all)."""
+    with _lock:
+        bar = _bars.get(key)
+        if bar is None or bar.n >= total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc=desc, unit="block", dynamic_ncols=True, delay=1.0)
+            _bars[key] = bar
+        bar.update(1)
+        if bar.n >= total:
+            bar.close()
+            del _bars[key]
