@@ -14,6 +14,7 @@ so, unless it already runs inside a distributed worker (the user's own
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -66,13 +67,20 @@ def shared_client(cores: int):
     with _lock:
         client = _pool.get(cores)
         if client is None or client.status != "running":
-            cluster = LocalCluster(
-                n_workers=cores,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs="error",
-            )
+            try:
+                cluster = LocalCluster(
+                    n_workers=cores,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,
+                )
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"could not start {cores} worker processes ({exc}). In a script, put the code that "
+                    "computes under `if __name__ == \"__main__\":` (worker processes import the script), "
+                    "or pass cores=1 to run in-process."
+                ) from exc
             client = Client(cluster, set_as_default=False)
             _pool[cores] = client
         return client
