@@ -12,14 +12,33 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
+from .compute import apply_at, map_spectra, plan_spectra
 from .dimension import Dimension
-from .errors import DatasetSelectionError, InvalidUSIDError, LazyUSIDError
+from .errors import (
+    BudgetError,
+    DatasetSelectionError,
+    InvalidUSIDError,
+    LazyUSIDError,
+    SpectralFunctionError,
+)
+from .function import Output
+from .parallel import shutdown
+from .plan import BlockPlan, parse_budget
 from .files import list_main, tree
 from .layout import is_main, read_layout, validate_main
 from .open import open_usid
 from .write import write_main
 
 __all__ = [
+    "BlockPlan",
+    "BudgetError",
+    "Output",
+    "SpectralFunctionError",
+    "apply_at",
+    "map_spectra",
+    "parse_budget",
+    "plan_spectra",
+    "shutdown",
     "DatasetSelectionError",
     "Dimension",
     "InvalidUSIDError",
