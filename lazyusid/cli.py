@@ -1,0 +1,158 @@
+"""The ``lazyusid`` command line: ``demo``, ``tree`` and ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import h5py
+
+from .errors import LazyUSIDError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lazyusid",
+        description="Apply functions to every spectrum of large USID datasets.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="generate a synthetic BE-PFM file and find the peak of every spectrum")
+    demo.add_argument("--size", default="128x128", help="positions as NXxNY (default 128x128)")
+    demo.add_argument("--out", default="lazyusid-demo", help="directory for the file and plots")
+    demo.add_argument("--cores", type=int, default=None, help="worker processes (default: all but one)")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    tree_p = sub.add_parser("tree", help="print the tree of an HDF5 file, marking USID main datasets")
+    tree_p.add_argument("file")
+
+    info = sub.add_parser("info", help="dimensions, sizes and units of USID main datasets")
+    info.add_argument("file")
+    info.add_argument("dataset", nargs="?", default=None, help="path or name of one main dataset")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        if args.command == "tree":
+            from .files import tree
+
+            print(tree(args.file))
+            return 0
+        return run_info(args)
+    except (OSError, LazyUSIDError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"lazyusid {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def run_info(args) -> int:
+    from .files import list_main, open_file
+    from .open import open_usid
+
+    with open_file(args.file):
+        pass  # clear errors for missing / non-HDF5 files
+    names = [args.dataset] if args.dataset else list_main(args.file)
+    if not names:
+        raise ValueError(f"{args.file!r} holds no USID main dataset (see `lazyusid tree {args.file}`)")
+    for name in names:
+        arr = open_usid(args.file, name)
+        print(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")
+        for dim in arr.dims:
+            coord = arr.coords.get(dim)
+            units = coord.attrs.get("units", "") if coord is not None else ""
+            span = ""
+            if coord is not None and coord.size:
+                span = f"  {float(coord.min()):.4g} … {float(coord.max()):.4g} {units}"
+            print(f"  {dim:<20} {arr.sizes[dim]:>8}{span}")
+        with h5py.File(args.file, "r") as f:
+            parent = f[arr.attrs["usid_dataset"]].parent
+            base = arr.attrs["usid_dataset"].rsplit("/", 1)[-1]
+            for key in parent:
+                if key.startswith(base + "-") and isinstance(parent[key], h5py.Group):
+                    grp = parent[key]
+                    done = grp.get("completed_positions")
+                    status = ""
+                    if done is not None and done.size:
+                        status = f", {int(done[()].astype(bool).sum())}/{done.size} positions done"
+                    print(f"  results {key}: tool={grp.attrs.get('tool', '?')}{status}")
+    return 0
+
+
+def run_demo(args) -> int:
+    import numpy as np
+
+    from .compute import apply_at, prepare_map
+    from .datasets import make_be_pfm
+    from .open import open_usid
+    from .tutorial import PEAK_WIDTHS, peak_amplitude
+
+    try:
+        n_x, n_y = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like 128x128, got {args.size!r}") from None
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "be_pfm.h5")
+    tic = time.perf_counter()
+    if not os.path.exists(path):
+        make_be_pfm(path, n_x=n_x, n_y=n_y)
+        print(f"wrote synthetic BE-PFM data ({n_y} x {n_x} positions) to {path} in {time.perf_counter() - tic:.1f} s")
+    data = open_usid(path)
+    if (data.sizes["X"], data.sizes["Y"]) != (n_x, n_y):
+        raise ValueError(f"{path} holds {data.sizes['Y']}x{data.sizes['X']} positions; remove it or use --out")
+    print(f"opened {data.name} lazily: dims {dict(data.sizes)}")
+
+    params = {"widths": PEAK_WIDTHS}
+    probe = {"Y": n_y // 2, "X": n_x // 2}
+    value = apply_at(data, peak_amplitude, probe, params=params)
+    print(f"tested peak_amplitude at {probe}: {value:.4g}")
+
+    mapping = prepare_map(data, peak_amplitude, params=params, cores=args.cores, progress=not args.no_progress)
+    print(f"plan: {mapping.plan!r}; running on {mapping.where}")
+    tic = time.perf_counter()
+    amplitude = mapping.result().compute()
+    seconds = time.perf_counter() - tic
+    n = int(np.prod(amplitude.shape))
+    print(f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s)")
+
+    out_nc = os.path.join(args.out, "peak_amplitude.nc")
+    amplitude.to_netcdf(out_nc, engine="h5netcdf")
+    pngs = _demo_plots(data, amplitude, probe, args.out)
+    print(f"results: {out_nc}; plots: {', '.join(pngs)}")
+    return 0
+
+
+def _demo_plots(data, amplitude, probe, out) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    spectrum = data.isel(probe)
+    freq_khz = spectrum["Frequency"].values / 1e3
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(freq_khz, np.abs(spectrum.values), label="|response|")
+    ax.set(xlabel="Frequency (kHz)", ylabel=f"|{data.attrs['quantity']}| ({data.attrs['units']})",
+           title=f"Spectrum at Y={probe['Y']}, X={probe['X']}")
+    ax.legend()
+    spectrum_png = os.path.join(out, "tested_spectrum.png")
+    fig.tight_layout()
+    fig.savefig(spectrum_png, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    amplitude.plot(ax=ax, cmap="viridis", cbar_kwargs={"label": "peak amplitude"})
+    ax.set_title("Peak amplitude (find_peaks_cwt)")
+    ax.set_aspect("equal")
+    map_png = os.path.join(out, "peak_amplitude.png")
+    fig.tight_layout()
+    fig.savefig(map_png, dpi=100)
+    plt.close(fig)
+    return [map_png, spectrum_png]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
