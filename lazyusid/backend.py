@@ -47,6 +47,8 @@ class USIDBackendEntrypoint(BackendEntrypoint):
             ) from exc
         for key, arr in arrays.items():
             ds[key].attrs = arr.attrs
+            for name, coord in arr.coords.items():  # combine_attrs="drop" dropped their units too
+                ds[name].attrs = dict(coord.attrs)
         ds.attrs["usid_file"] = os.path.abspath(path)
         return ds
 

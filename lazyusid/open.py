@@ -72,10 +72,14 @@ class H5Source:
         n_pos = len(self.pos_shape)
         # read whole rows of the slowest position dimension, then index the rest in memory
         outer = key[0]
-        if isinstance(outer, slice) and outer.step in (None, 1):
-            start, stop, _ = outer.indices(self.pos_shape[0])
+        if isinstance(outer, (int, np.integer)):  # dask fuses e.g. .isel(Y=3) into the getter
+            start = int(outer) + self.pos_shape[0] if outer < 0 else int(outer)
+            stop = start + 1
+            rest = (0, *key[1:])
+        elif isinstance(outer, slice) and (outer.step or 1) > 0:
+            start, stop, step = outer.indices(self.pos_shape[0])
             stop = max(start, stop)
-            rest = (slice(None),) + key[1:]
+            rest = (slice(None, None, step), *key[1:])
         else:
             start, stop = 0, self.pos_shape[0]
             rest = key
@@ -88,8 +92,8 @@ class H5Source:
 
 
 def positions_per_chunk(layout: Layout, chunk_bytes: int) -> int:
-    """How many steps of the slowest position dimension fit in ``chunk_bytes``."""
-    pos_sorted = layout.pos.sorted_shape
+    """How many steps of the slowest position dimension (longer than 1) fit in ``chunk_bytes``."""
+    pos_sorted = _chunked_pos_shape(layout)
     inner = int(np.prod(pos_sorted[1:], dtype=np.int64))
     row_bytes = layout.shape[1] * layout.dtype.itemsize * inner
     return int(max(1, min(pos_sorted[0], chunk_bytes // max(1, row_bytes))))
@@ -103,7 +107,8 @@ def source_array(path: PathLike, layout: Layout, *, chunk_bytes: int | str | Non
     ``array.chunk-size``); spectroscopic dimensions are never split.
     """
     pos, spec = layout.pos, layout.spec
-    source = H5Source(path, layout.path, pos.sorted_shape, spec.sorted_shape, layout.dtype)
+    pos_sorted = _chunked_pos_shape(layout)
+    source = H5Source(path, layout.path, pos_sorted, spec.sorted_shape, layout.dtype)
     if steps is None:
         chunk_bytes = parse_bytes(chunk_bytes or dask.config.get("array.chunk-size"))
         steps = positions_per_chunk(layout, chunk_bytes)
@@ -117,12 +122,23 @@ def source_array(path: PathLike, layout: Layout, *, chunk_bytes: int | str | Non
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
         name="usid-" + dask.base.tokenize(source, chunks),
     )
+    if len(pos_sorted) < len(pos.sorted_shape):  # restore the leading dimensions of size 1
+        arr = arr[(None,) * (len(pos.sorted_shape) - len(pos_sorted))]
     # from slowest-first back to the order of the labels in the file (as pyUSID)
     n_pos = len(pos.sorted_shape)
     file_order = _inverse(pos.sort_order) + tuple(n_pos + i for i in _inverse(spec.sort_order))
     if file_order != tuple(range(arr.ndim)):
         arr = arr.transpose(file_order)
     return arr
+
+
+def _chunked_pos_shape(layout: Layout) -> tuple[int, ...]:
+    """Position shape, slowest first, without leading dimensions of size 1 (those cannot be split)."""
+    shape = layout.pos.sorted_shape
+    lead = 0
+    while lead < len(shape) - 1 and shape[lead] == 1:
+        lead += 1
+    return shape[lead:]
 
 
 def _inverse(order) -> tuple[int, ...]:
@@ -192,8 +208,12 @@ def open_usid(
         long_name=layout.quantity,
         usid_file=path,
         usid_dataset=layout.path,
+        usid_spectroscopic_dims=list(layout.spec.dims),
     )
-    return xr.DataArray(data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs)
+    arr = xr.DataArray(data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs)
+    # lets xr.open_dataset(..., engine="usid", chunks={}) keep these chunks
+    arr.encoding["preferred_chunks"] = {dim: c[0] for dim, c in zip(arr.dims, data.chunks) if len(c) >= 1}
+    return arr
 
 
 def _coords(layout: Layout) -> dict:
