@@ -21,33 +21,33 @@ from .errors import (
     LazyUSIDError,
     SpectralFunctionError,
 )
-from .function import Output
-from .parallel import shutdown
-from .plan import BlockPlan, parse_budget
 from .files import list_main, tree
+from .function import Output
 from .layout import is_main, read_layout, validate_main
 from .open import open_usid
+from .parallel import shutdown
+from .plan import BlockPlan, parse_budget
 from .write import write_main
 
 __all__ = [
     "BlockPlan",
     "BudgetError",
-    "Output",
-    "SpectralFunctionError",
-    "apply_at",
-    "map_spectra",
-    "parse_budget",
-    "plan_spectra",
-    "shutdown",
     "DatasetSelectionError",
     "Dimension",
     "InvalidUSIDError",
     "LazyUSIDError",
+    "Output",
+    "SpectralFunctionError",
     "__version__",
+    "apply_at",
     "is_main",
     "list_main",
+    "map_spectra",
     "open_usid",
+    "parse_budget",
+    "plan_spectra",
     "read_layout",
+    "shutdown",
     "tree",
     "validate_main",
     "write_main",

@@ -15,7 +15,9 @@ class USIDBackendEntrypoint(BackendEntrypoint):
     """Open every USID main dataset of an HDF5 file as a variable of one Dataset.
 
     Variables are named by the dataset's name (e.g. ``Raw_Data``), or by its
-    HDF5 path without the leading ``/`` where names repeat; data stay lazy (dask).
+    HDF5 path without the leading ``/`` where names repeat. Data stay lazy;
+    pass ``chunks={}`` for dask-backed variables with lazyusid's chunks
+    (without it xarray wraps them in its own lazily loaded arrays).
     Main datasets whose dimensions clash (same name, different size or
     values) cannot share a Dataset: open them one by one with
     :func:`lazyusid.open_usid`.

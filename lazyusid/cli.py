@@ -98,10 +98,14 @@ def run_demo(args) -> int:
     tic = time.perf_counter()
     if not os.path.exists(path):
         make_be_pfm(path, n_x=n_x, n_y=n_y)
-        print(f"wrote synthetic BE-PFM data ({n_y} x {n_x} positions) to {path} in {time.perf_counter() - tic:.1f} s")
+        print(
+            f"wrote synthetic BE-PFM data ({n_y} x {n_x} positions) to {path} in {time.perf_counter() - tic:.1f} s"
+        )
     data = open_usid(path)
     if (data.sizes["X"], data.sizes["Y"]) != (n_x, n_y):
-        raise ValueError(f"{path} holds {data.sizes['Y']}x{data.sizes['X']} positions; remove it or use --out")
+        raise ValueError(
+            f"{path} holds {data.sizes['Y']}x{data.sizes['X']} positions; remove it or use --out"
+        )
     print(f"opened {data.name} lazily: dims {dict(data.sizes)}")
 
     params = {"widths": PEAK_WIDTHS}
@@ -109,7 +113,9 @@ def run_demo(args) -> int:
     value = apply_at(data, peak_amplitude, probe, params=params)
     print(f"tested peak_amplitude at {probe}: {value:.4g}")
 
-    mapping = prepare_map(data, peak_amplitude, params=params, cores=args.cores, progress=not args.no_progress)
+    mapping = prepare_map(
+        data, peak_amplitude, params=params, cores=args.cores, progress=not args.no_progress
+    )
     print(f"plan: {mapping.plan!r}; running on {mapping.where}")
     tic = time.perf_counter()
     amplitude = mapping.result().compute()
@@ -135,8 +141,11 @@ def _demo_plots(data, amplitude, probe, out) -> list[str]:
     freq_khz = spectrum["Frequency"].values / 1e3
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(freq_khz, np.abs(spectrum.values), label="|response|")
-    ax.set(xlabel="Frequency (kHz)", ylabel=f"|{data.attrs['quantity']}| ({data.attrs['units']})",
-           title=f"Spectrum at Y={probe['Y']}, X={probe['X']}")
+    ax.set(
+        xlabel="Frequency (kHz)",
+        ylabel=f"|{data.attrs['quantity']}| ({data.attrs['units']})",
+        title=f"Spectrum at Y={probe['Y']}, X={probe['X']}",
+    )
     ax.legend()
     spectrum_png = os.path.join(out, "tested_spectrum.png")
     fig.tight_layout()

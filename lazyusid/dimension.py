@@ -47,8 +47,7 @@ class Dimension:
         values = np.asarray(values)
         if values.ndim != 1 or values.size == 0:
             raise ValueError(
-                f"values of dimension {self.name!r} must be a non-empty 1-D array, "
-                f"got shape {values.shape}"
+                f"values of dimension {self.name!r} must be a non-empty 1-D array, got shape {values.shape}"
             )
         values = values.copy()
         values.flags.writeable = False

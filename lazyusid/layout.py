@@ -141,7 +141,9 @@ def read_layout(dset: h5py.Dataset) -> Layout:
         except (KeyError, ValueError) as exc:
             raise fail(f"attribute {key!r} refers to nothing that exists ({exc})") from None
         if not isinstance(target, h5py.Dataset):
-            raise fail(f"attribute {key!r} refers to {target.name!r}, a {type(target).__name__}, not a dataset")
+            raise fail(
+                f"attribute {key!r} refers to {target.name!r}, a {type(target).__name__}, not a dataset"
+            )
         anc[key] = target
     pos = _read_group(anc["Position_Indices"], anc["Position_Values"], dset.shape[0], False, fail)
     spec = _read_group(anc["Spectroscopic_Indices"], anc["Spectroscopic_Values"], dset.shape[1], True, fail)
@@ -171,7 +173,9 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
         if ds.ndim != 2:
             raise fail(f"{kind} ancillary dataset {ds.name!r} must be 2-D, has shape {ds.shape}")
     if h5_inds.shape != h5_vals.shape:
-        raise fail(f"{kind} indices and values have different shapes: {names} are {h5_inds.shape} and {h5_vals.shape}")
+        raise fail(
+            f"{kind} indices and values have different shapes: {names} are {h5_inds.shape} and {h5_vals.shape}"
+        )
     # positions: (N_pos, n_dims); spectroscopic: (n_dims, N_spec)
     axis_n, axis_dims = (1, 0) if spectroscopic else (0, 1)
     if h5_inds.shape[axis_n] != expected:

@@ -55,7 +55,15 @@ class H5Source:
 
     def __dask_tokenize__(self):
         st = os.stat(self.path)
-        return (type(self).__name__, self.path, self.dataset, self.shape, str(self.dtype), st.st_mtime_ns, st.st_size)
+        return (
+            type(self).__name__,
+            self.path,
+            self.dataset,
+            self.shape,
+            str(self.dtype),
+            st.st_mtime_ns,
+            st.st_size,
+        )
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the 2-D ``(positions, spectroscopic)`` dataset."""
@@ -99,7 +107,9 @@ def positions_per_chunk(layout: Layout, chunk_bytes: int) -> int:
     return int(max(1, min(pos_sorted[0], chunk_bytes // max(1, row_bytes))))
 
 
-def source_array(path: PathLike, layout: Layout, *, chunk_bytes: int | str | None = None, steps: int | None = None):
+def source_array(
+    path: PathLike, layout: Layout, *, chunk_bytes: int | str | None = None, steps: int | None = None
+):
     """Dask array of a main dataset in its N-D form (file order of dimensions).
 
     Chunks split only the slowest position dimension, ``steps`` at a time
@@ -210,7 +220,9 @@ def open_usid(
         usid_dataset=layout.path,
         usid_spectroscopic_dims=list(layout.spec.dims),
     )
-    arr = xr.DataArray(data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs)
+    arr = xr.DataArray(
+        data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs
+    )
     # lets xr.open_dataset(..., engine="usid", chunks={}) keep these chunks
     arr.encoding["preferred_chunks"] = {dim: c[0] for dim, c in zip(arr.dims, data.chunks) if len(c) >= 1}
     return arr
