@@ -12,6 +12,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
+from . import datasets
 from .compute import apply_at, map_spectra, plan_spectra
 from .dimension import Dimension
 from .errors import (
@@ -40,6 +41,7 @@ __all__ = [
     "SpectralFunctionError",
     "__version__",
     "apply_at",
+    "datasets",
     "is_main",
     "list_main",
     "map_spectra",
