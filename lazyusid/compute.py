@@ -112,6 +112,8 @@ def _token(fn: SpectralFunction):
 
 
 def _run_block(block, function, executor: Executor, start, loop_shape, loop_dims, progress_key, n_blocks):
+    if progress_key is not None:
+        _progress.tick(progress_key, n_blocks, function.name, done=0)
     out = executor.run(function.evaluate, block, first=start, loop_shape=loop_shape, loop_dims=loop_dims)
     if progress_key is not None:
         _progress.tick(progress_key, n_blocks, function.name)

@@ -10,8 +10,11 @@ _lock = threading.Lock()
 _bars: dict[str, tqdm] = {}
 
 
-def tick(key: str, total: int, desc: str) -> None:
-    """Count one finished block of the computation ``key`` (``total`` blocks in all)."""
+def tick(key: str, total: int, desc: str, done: int = 1) -> None:
+    """Count ``done`` finished blocks of the computation ``key`` (``total`` in all).
+
+    ``done=0`` when a block starts shows the bar from the start of the run.
+    """
     with _lock:
         bar = _bars.get(key)
         if bar is None or bar.n >= total:
@@ -19,7 +22,7 @@ def tick(key: str, total: int, desc: str) -> None:
                 bar.close()
             bar = tqdm(total=total, desc=desc, unit="block", dynamic_ncols=True, delay=1.0)
             _bars[key] = bar
-        bar.update(1)
+        bar.update(done)
         if bar.n >= total:
             bar.close()
             del _bars[key]
