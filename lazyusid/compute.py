@@ -68,12 +68,24 @@ class SpectralMap:
     def block_tasks(self) -> list:
         """One delayed task per block, each returning a tuple of output arrays."""
         blocks = self.flat_input().to_delayed().ravel()
-        key = dask.base.tokenize(self.data.data.name if isinstance(self.data.data, da.Array) else id(self),
-                                 _token(self.function), self.plan)
+        key = dask.base.tokenize(
+            self.data.data.name if isinstance(self.data.data, da.Array) else id(self),
+            _token(self.function),
+            self.plan,
+        )
         run = dask.delayed(_run_block, pure=True)
         return [
-            run(block, self.function, self.executor, start, self.loop_shape, self.loop_dims,
-                key if self.progress else None, self.plan.n_blocks, dask_key_name=f"lazyusid-block-{key}-{i}")
+            run(
+                block,
+                self.function,
+                self.executor,
+                start,
+                self.loop_shape,
+                self.loop_dims,
+                key if self.progress else None,
+                self.plan.n_blocks,
+                dask_key_name=f"lazyusid-block-{key}-{i}",
+            )
             for i, (block, (start, _)) in enumerate(zip(blocks, self.plan.blocks()))
         ]
 
@@ -146,15 +158,20 @@ def prepare_map(
     if not callable(func):
         raise TypeError(f"func must be callable, got {func!r}")
 
-    sample = _spectrum(data, loop_dims, {d: 0 for d in loop_dims})
+    first = {d: 0 for d in loop_dims}
+    sample = _spectrum(data, loop_dims, first)
     tic = time.perf_counter()
-    outs, single = infer_outputs(func, sample[None] if vectorized else sample, params, outputs, vectorized)
+    outs, single = infer_outputs(
+        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
+    )
     seconds = time.perf_counter() - tic
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
 
     n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
     estimated = seconds * n_positions if not vectorized else 0.0
-    executor, where = choose_executor(vectorized=vectorized, estimated_seconds=estimated, cores=cores, client=client)
+    executor, where = choose_executor(
+        vectorized=vectorized, estimated_seconds=estimated, cores=cores, client=client
+    )
     in_flight = executor.cores * (2 if executor.kind == "processes" else 1)
     plan = plan_blocks(
         n_positions,
@@ -274,10 +291,12 @@ def apply_at(
     spectrum = _spectrum(data, loop_dims, index)
     params = dict(params or {})
     block = spectrum[None]
-    outs, single = infer_outputs(func, block if vectorized else spectrum, params, outputs, vectorized)
-    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
     shape = tuple(data.sizes[d] for d in loop_dims)
     flat = int(np.ravel_multi_index(tuple(index[d] for d in loop_dims), shape)) if loop_dims else 0
+    outs, single = infer_outputs(
+        func, block if vectorized else spectrum, params, outputs, vectorized, position=flat, coords=index
+    )
+    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
     values = [v[0] for v in function.evaluate(block, first=flat, loop_shape=shape, loop_dims=loop_dims)]
     return values[0] if single else {o.name: v for o, v in zip(outs, values)}
 
@@ -311,7 +330,9 @@ def as_dataarray(data, core_dims) -> tuple[xr.DataArray, tuple[Hashable, ...]]:
     core_dims = tuple(core_dims)
     missing = [d for d in core_dims if d not in data.dims]
     if missing:
-        raise ValueError(f"core_dims {missing} are not dimensions of the data; its dims are {list(data.dims)}")
+        raise ValueError(
+            f"core_dims {missing} are not dimensions of the data; its dims are {list(data.dims)}"
+        )
     if len(set(core_dims)) != len(core_dims):
         raise ValueError(f"core_dims {core_dims} repeat a dimension")
     return data, core_dims

@@ -49,7 +49,12 @@ class Output:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.str, "dims": list(self.dims)}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype.str,
+            "dims": list(self.dims),
+        }
 
 
 OutputsLike = None | Sequence[str] | Mapping[str, object]
@@ -98,7 +103,9 @@ class SpectralFunction:
             )
         return list(result)
 
-    def evaluate(self, block: np.ndarray, *, first: int = 0, loop_shape=(), loop_dims=()) -> tuple[np.ndarray, ...]:
+    def evaluate(
+        self, block: np.ndarray, *, first: int = 0, loop_shape=(), loop_dims=()
+    ) -> tuple[np.ndarray, ...]:
         """Run the function over a block of spectra ``(positions, *core)``.
 
         ``first`` is the flat index of the block's first position; with
@@ -123,7 +130,9 @@ class SpectralFunction:
         for i in range(n):
             try:
                 parts = self.split(func(block[i], **params))
-                for out, part in zip(outs, parts):
+                for out, part, o in zip(outs, parts, self.outputs):
+                    if np.shape(part) != o.shape:  # assignment would broadcast a wrong shape silently
+                        raise ValueError(f"output {o.name!r} has shape {np.shape(part)}, expected {o.shape}")
                     out[i] = part
             except Exception as exc:
                 raise self._error(exc, first + i, None, loop_shape, loop_dims) from exc
@@ -144,20 +153,36 @@ class SpectralFunction:
         return SpectralFunctionError(message, position=start, coords=coords)
 
 
-def infer_outputs(func, sample: np.ndarray, params: Mapping, outputs: OutputsLike, vectorized: bool):
+def infer_outputs(
+    func,
+    sample: np.ndarray,
+    params: Mapping,
+    outputs: OutputsLike,
+    vectorized: bool,
+    *,
+    position: int = 0,
+    coords: Mapping | None = None,
+):
     """Run ``func`` on a real sample and describe its outputs.
 
     ``sample`` is one spectrum (per-spectrum) or a block of a few spectra
-    (vectorised). Returns ``(outputs, single)``.
+    (vectorised), taken at flat ``position`` (N-D indices ``coords``), which
+    a failure names. Returns ``(outputs, single)``.
     """
     try:
         result = func(sample, **params)
     except Exception as exc:
         name = getattr(func, "__name__", repr(func))
+        coords = dict(coords or {})
+        where = f"position {position}"
+        if coords:
+            where += f" ({', '.join(f'{k}={v}' for k, v in coords.items())})"
         raise SpectralFunctionError(
-            f"{name} failed on the first spectrum while lazyusid inferred its outputs, with params "
+            f"{name} failed at {where} while lazyusid inferred its outputs, with params "
             f"{_short(params)}: {type(exc).__name__}: {exc}. Fix the function, or check it with "
-            "lazyusid.apply_at(data, func, position)."
+            "lazyusid.apply_at(data, func, position).",
+            position=position,
+            coords=coords,
         ) from exc
     declared: dict[str, object] = {}
     if isinstance(outputs, str):
@@ -202,7 +227,9 @@ def infer_outputs(func, sample: np.ndarray, params: Mapping, outputs: OutputsLik
         elif spec is not None:
             dtype = spec
         if np.dtype(dtype).kind in "OUS":
-            raise TypeError(f"output {name!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype)")
+            raise TypeError(
+                f"output {name!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype)"
+            )
         result_outputs.append(Output(name, shape, dtype, dims))
     return tuple(result_outputs), single
 

@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 
 #: per-spectrum jobs whose estimated run time is below this run in-process
@@ -38,16 +39,42 @@ def default_cores() -> int:
 
 @dataclass(frozen=True)
 class Executor:
-    """How block tasks evaluate the function: ``"inline"`` or ``"processes"``."""
+    """How block tasks evaluate the function.
+
+    ``"inline"`` in the task itself; ``"processes"`` on lazyusid's shared
+    process pool; ``"client"`` on the workers of the user's ``Client``,
+    whose scheduler is at ``address``. A task that already runs on a
+    distributed worker always evaluates in place.
+    """
 
     kind: str = "inline"
     cores: int = 1
+    address: str | None = None
 
     def run(self, fn, *args, **kwargs):
-        if self.kind == "processes" and not _in_distributed_worker():
-            client = shared_client(self.cores)
-            return client.submit(fn, *args, **kwargs, pure=False).result()
-        return fn(*args, **kwargs)
+        if self.kind == "inline" or _in_distributed_worker():
+            return fn(*args, **kwargs)
+        client = shared_client(self.cores) if self.kind == "processes" else client_at(self.address)
+        return client.submit(fn, *args, **kwargs, pure=False).result()
+
+
+#: the users' clients given to choose_executor, by scheduler address
+_user_clients: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def client_at(address: str):
+    """The user's client of the scheduler at ``address`` (or a new one, kept until :func:`shutdown`)."""
+    client = _user_clients.get(address)
+    if client is not None and client.status == "running":
+        return client
+    from distributed import Client
+
+    with _lock:
+        client = _pool.get(address)
+        if client is None or client.status != "running":
+            client = Client(address, set_as_default=False)
+            _pool[address] = client
+        return client
 
 
 def _in_distributed_worker() -> bool:
@@ -78,7 +105,7 @@ def shared_client(cores: int):
             except RuntimeError as exc:
                 raise RuntimeError(
                     f"could not start {cores} worker processes ({exc}). In a script, put the code that "
-                    "computes under `if __name__ == \"__main__\":` (worker processes import the script), "
+                    'computes under `if __name__ == "__main__":` (worker processes import the script), '
                     "or pass cores=1 to run in-process."
                 ) from exc
             client = Client(cluster, set_as_default=False)
@@ -98,13 +125,17 @@ def shutdown() -> None:
         _pool.clear()
 
 
-def choose_executor(*, vectorized: bool, estimated_seconds: float, cores: int | None, client) -> tuple[Executor, str]:
+def choose_executor(
+    *, vectorized: bool, estimated_seconds: float, cores: int | None, client
+) -> tuple[Executor, str]:
     """Pick the executor and the scheduler to recommend; explain the choice in the second item."""
     cores = default_cores() if cores is None else int(cores)
     if cores < 1:
         raise ValueError(f"cores must be at least 1, got {cores}")
     if client is not None:
-        return Executor("inline", cores), "the given distributed Client"
+        address = client.scheduler.address
+        _user_clients[address] = client
+        return Executor("client", cores, address), "the given distributed Client"
     if vectorized:
         return Executor("inline", cores), "threads (vectorised function)"
     if cores == 1 or estimated_seconds < INLINE_SECONDS:

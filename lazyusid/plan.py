@@ -35,9 +35,13 @@ def parse_budget(budget: BudgetLike) -> int:
         return int(psutil.virtual_memory().available * DEFAULT_BUDGET_SHARE)
     if isinstance(budget, str):
         try:
+            if not budget.strip():  # dask's parse_bytes reads "" as 1 byte
+                raise ValueError("empty")
             value = parse_bytes(budget)
         except (ValueError, KeyError) as exc:
-            raise ValueError(f"cannot read memory budget {budget!r}; write it like '512MiB' or '2GB'") from exc
+            raise ValueError(
+                f"cannot read memory budget {budget!r}; write it like '512MiB' or '2GB'"
+            ) from exc
     elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
         value = int(budget)
     else:
@@ -69,7 +73,9 @@ class BlockPlan:
 
     @property
     def bytes_per_position(self) -> int:
-        return self.input_bytes_per_position + self.output_bytes_per_position + self.working_bytes_per_position
+        return (
+            self.input_bytes_per_position + self.output_bytes_per_position + self.working_bytes_per_position
+        )
 
     @property
     def block_bytes(self) -> int:
@@ -148,6 +154,10 @@ def plan_blocks(
             f"{format_bytes(per_position * blocks_in_flight)}. Raise the budget, lower mem_multiplier, "
             "or use fewer cores."
         )
+    if positions_per_block is not None:
+        if positions_per_block < 1:
+            raise ValueError(f"positions_per_block must be at least 1, got {positions_per_block!r}")
+        positions_per_block = min(int(positions_per_block), n_positions)
     if positions_per_block is None:
         balanced = math.ceil(n_positions / (BLOCKS_PER_WORKER * max(1, workers)))
         positions_per_block = max(1, min(fits, balanced))
