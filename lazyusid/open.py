@@ -78,6 +78,11 @@ class H5Source:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
         n_pos = len(self.pos_shape)
+        pos_key = key[:n_pos]
+        if all(isinstance(k, (int, np.integer)) for k in pos_key):  # one spectrum: read one row
+            index = tuple(int(k) % n for k, n in zip(pos_key, self.pos_shape))
+            row = int(np.ravel_multi_index(index, self.pos_shape))
+            return self.read_rows(row, row + 1)[0].reshape(self.spec_shape)[key[n_pos:]]
         # read whole rows of the slowest position dimension, then index the rest in memory
         outer = key[0]
         if isinstance(outer, (int, np.integer)):  # dask fuses e.g. .isel(Y=3) into the getter

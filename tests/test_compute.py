@@ -580,11 +580,6 @@ def test_apply_at_reads_one_row_of_the_slowest_dimension_at_most(scan, rows_read
     assert 10 * 16 <= start <= 10 * 16 + 13 < stop <= 11 * 16
 
 
-@pytest.mark.xfail(
-    reason="lazyusid.open.H5Source reads whole rows of the slowest position dimension, "
-    "so one spectrum of a 2-D grid costs one row of X",
-    strict=False,
-)
 def test_apply_at_reads_exactly_one_spectrum_of_a_grid(scan, rows_read):
     path, _ = scan
     lazyusid.apply_at(lazyusid.open_usid(path), peak, {"X": 13, "Y": 10})
