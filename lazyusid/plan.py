@@ -142,7 +142,7 @@ def plan_blocks(
     budget_bytes = parse_budget(budget)
     if n_positions < 1:
         raise ValueError(f"nothing to compute: {n_positions} positions")
-    working = int(math.ceil(input_bytes_per_position * mem_multiplier))
+    working = math.ceil(input_bytes_per_position * mem_multiplier)
     per_position = input_bytes_per_position + output_bytes_per_position + working
     fits = budget_bytes // max(1, per_position * blocks_in_flight)
     if fits < 1:

@@ -256,3 +256,17 @@ def raise_if_dask_computes():
             yield scheduler
 
     return context
+
+
+@pytest.fixture
+def rows_read(monkeypatch):
+    """Record every ``(start, stop)`` that ``H5Source.read_rows`` reads (our reader; h5py untouched)."""
+    calls = []
+    original = lazyusid.open.H5Source.read_rows
+
+    def read_rows(self, start, stop):
+        calls.append((start, stop))
+        return original(self, start, stop)
+
+    monkeypatch.setattr(lazyusid.open.H5Source, "read_rows", read_rows)
+    return calls

@@ -85,20 +85,6 @@ def scan_2spec(tmp_path_factory):
     return write_scan(tmp_path_factory.mktemp("scan2"), {"Y": 5, "X": 3}, {"DC_Offset": 4, "Frequency": 6})
 
 
-@pytest.fixture
-def rows_read(monkeypatch):
-    """Record every ``(start, stop)`` that ``H5Source.read_rows`` reads from a file."""
-    calls = []
-    original = lazyusid.open.H5Source.read_rows
-
-    def read_rows(self, start, stop):
-        calls.append((start, stop))
-        return original(self, start, stop)
-
-    monkeypatch.setattr(lazyusid.open.H5Source, "read_rows", read_rows)
-    return calls
-
-
 # ---------------------------------------------------------------------------
 # Functions (module level, so worker processes can import them)
 

@@ -85,46 +85,32 @@ def test_pyusid_files_open_like_get_n_dim_form(pyusid, tmp_path, case, slow_to_f
 # --- laziness -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def count_reads(monkeypatch):
-    """Count calls to H5Source.read_rows (our own reader; h5py itself is untouched)."""
-    calls = []
-    original = lazyusid.open.H5Source.read_rows
-
-    def read_rows(self, start, stop):
-        calls.append((start, stop))
-        return original(self, start, stop)
-
-    monkeypatch.setattr(lazyusid.open.H5Source, "read_rows", read_rows)
-    return calls
-
-
-def test_open_usid_computes_and_reads_nothing(usid_file, raise_if_dask_computes, count_reads):
+def test_open_usid_computes_and_reads_nothing(usid_file, raise_if_dask_computes, rows_read):
     with raise_if_dask_computes():
         arr = open_usid(usid_file.path)
         arr2 = open_usid(usid_file.path, chunk_bytes="1KiB")
         sub = arr.isel(X=slice(2, 5)).sel(Frequency=arr.Frequency[:3])
         repr(arr2)
-    assert count_reads == []
+    assert rows_read == []
     assert isinstance(arr.data, dask.array.Array)
     np.testing.assert_array_equal(sub.values, usid_file.data[:, 2:5, :3])
-    assert count_reads  # computing reads
+    assert rows_read  # computing reads
 
 
-def test_open_dataset_engine_computes_and_reads_nothing(usid_file, raise_if_dask_computes, count_reads):
+def test_open_dataset_engine_computes_and_reads_nothing(usid_file, raise_if_dask_computes, rows_read):
     with raise_if_dask_computes():
         ds = xr.open_dataset(usid_file.path, engine="usid")
         ds_chunked = xr.open_dataset(usid_file.path, engine="usid", chunks={})
         repr(ds)
         repr(ds_chunked)
-    assert count_reads == []
+    assert rows_read == []
     np.testing.assert_array_equal(ds["Raw_Data"].values, usid_file.data)
 
 
-def test_only_needed_rows_are_read(usid_file, count_reads):
+def test_only_needed_rows_are_read(usid_file, rows_read):
     arr = open_usid(usid_file.path, chunk_bytes="1KiB")  # one Y row (24 positions) per chunk
     np.testing.assert_array_equal(arr.isel(Y=3).values, usid_file.data[3])
-    assert count_reads == [(3 * 24, 4 * 24)]
+    assert rows_read == [(3 * 24, 4 * 24)]
 
 
 # --- pickling and the distributed scheduler -----------------------------------------------------------
@@ -166,7 +152,7 @@ def test_h5source_pickles(usid_file):
 
 
 @pytest.mark.parametrize(
-    ("key", "rows_read"),
+    ("key", "expected_rows"),
     [
         ((5,), [(5 * 24, 6 * 24)]),
         ((-1, slice(2, 4)), [(15 * 24, 16 * 24)]),
@@ -176,10 +162,10 @@ def test_h5source_pickles(usid_file):
     ],
     ids=["int", "negative-int", "strided", "empty", "list"],
 )
-def test_h5source_reads_only_the_rows_a_key_needs(usid_file, count_reads, key, rows_read):
+def test_h5source_reads_only_the_rows_a_key_needs(usid_file, rows_read, key, expected_rows):
     src = lazyusid.open.H5Source(usid_file.path, usid_file.dataset, (16, 24), (9,), np.float32)
     np.testing.assert_array_equal(src[key], usid_file.data[key])
-    assert count_reads == rows_read
+    assert rows_read == expected_rows
 
 
 def test_computes_on_a_process_cluster(usid_file, dask_client):
