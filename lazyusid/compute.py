@@ -186,8 +186,18 @@ def prepare_map(
     return SpectralMap(data, loop_dims, core_dims, function, plan, executor, where, progress)
 
 
-def map_spectra(data, func: Callable, **kwargs) -> xr.DataArray | xr.Dataset:
-    """Apply ``func`` to every spectrum of ``data``; lazily.
+def map_spectra(
+    data,
+    func: Callable,
+    *,
+    store=None,
+    group: str | None = None,
+    tool: str | None = None,
+    override: bool = False,
+    resume: str | None = None,
+    **kwargs,
+) -> xr.DataArray | xr.Dataset:
+    """Apply ``func`` to every spectrum of ``data``: lazily, or into a store with checkpoints.
 
     Parameters
     ----------
@@ -228,13 +238,33 @@ def map_spectra(data, func: Callable, **kwargs) -> xr.DataArray | xr.Dataset:
         blocks then evaluate on its workers.
     progress : bool
         Show a progress bar (tqdm; terminal or notebook) while blocks finish.
+    store : str, os.PathLike or h5py.Group, optional
+        Compute **now** into this target, block by block with checkpoints,
+        and return the stored result (lazily). An HDF5 file (the source
+        file itself puts a USID results group ``<Main>-<Tool>_NNN`` next to
+        the source dataset; another file or group records where the source
+        is), or a zarr v3 store (a path ending in ``.zarr``). A rerun of the
+        same computation returns the stored result without computing; an
+        interrupted one resumes where it stopped. See ``docs/checkpoints.md``.
+    group : str, optional
+        HDF5 group holding the results group (default: the source dataset's
+        group in the source file, the root in another file).
+    tool : str, optional
+        Tool name in the results group name (default: the function's name).
+    override : bool
+        Compute again into a new results group even if this computation is
+        already stored (for zarr: recompute into the same store).
+    resume : str, optional
+        Name of the partial results group to resume (pyUSID's
+        ``use_partial_computation``); it must hold this same computation.
 
     Returns
     -------
     xarray.DataArray or xarray.Dataset
         Lazy (dask) result with the loop dimensions and coordinates of the
         input plus one dimension per axis of a vector output; a Dataset
-        when ``func`` returns several outputs.
+        when ``func`` returns several outputs. With ``store=``, reads the
+        stored values.
 
     Raises
     ------
@@ -243,14 +273,38 @@ def map_spectra(data, func: Callable, **kwargs) -> xr.DataArray | xr.Dataset:
         and the parameters, chained to the original exception.
     lazyusid.BudgetError
         If the budget cannot hold one position.
+    lazyusid.ReadOnlyStoreError, lazyusid.StoreBusyError, lazyusid.StoreConflictError
+        With ``store=``: the target is read-only, being written by another
+        process, or holds something else under the requested name.
 
     Examples
     --------
     >>> data = lazyusid.open_usid("scan.h5")                            # doctest: +SKIP
     >>> amp = lazyusid.map_spectra(data, lambda s: np.abs(s).max())      # doctest: +SKIP
     >>> amp.compute()                                                   # doctest: +SKIP
+    >>> stored = lazyusid.map_spectra(data, f, store="scan.h5")          # doctest: +SKIP
     """
-    return prepare_map(data, func, **kwargs).result()
+    if store is None:
+        if group is not None or tool is not None or override or resume is not None:
+            raise TypeError("group=, tool=, override= and resume= apply only with store=")
+        return prepare_map(data, func, **kwargs).result()
+    from .sinks import order_for_store, store_map
+
+    data, core_dims = as_dataarray(data, kwargs.pop("core_dims", None))
+    result_dims = tuple(d for d in data.dims if d not in core_dims)
+    data, pos_dims, extra_dims = order_for_store(data, core_dims)
+    smap = prepare_map(data, func, core_dims=core_dims, **kwargs)
+    return store_map(
+        smap,
+        store,
+        pos_dims=pos_dims,
+        extra_dims=extra_dims,
+        group=group,
+        tool=tool,
+        override=override,
+        resume=resume,
+        result_dims=result_dims,
+    )
 
 
 def plan_spectra(data, func: Callable, **kwargs) -> BlockPlan:

@@ -47,3 +47,15 @@ class SpectralFunctionError(LazyUSIDError, RuntimeError):
 
     def __reduce__(self):  # keep attributes when sent back from a worker process
         return (type(self), (self.args[0], self.position, self.coords))
+
+
+class ReadOnlyStoreError(LazyUSIDError, PermissionError):
+    """Results cannot be written where they were asked for (a read-only file or directory)."""
+
+
+class StoreBusyError(LazyUSIDError, BlockingIOError):
+    """Another process holds the target open (HDF5 file lock, or a zarr store's lock file)."""
+
+
+class StoreConflictError(LazyUSIDError, FileExistsError):
+    """The target holds something else under the requested name: it is never overwritten."""

@@ -224,6 +224,7 @@ def open_usid(
         usid_file=path,
         usid_dataset=layout.path,
         usid_spectroscopic_dims=list(layout.spec.dims),
+        usid_position_dims=[layout.pos.dims[i] for i in layout.pos.sort_order],  # slowest first
     )
     arr = xr.DataArray(
         data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs

@@ -26,3 +26,11 @@ def tick(key: str, total: int, desc: str, done: int = 1) -> None:
         if bar.n >= total:
             bar.close()
             del _bars[key]
+
+
+def close(key: str) -> None:
+    """Close the bar of ``key`` early (the computation stopped)."""
+    with _lock:
+        bar = _bars.pop(key, None)
+        if bar is not None:
+            bar.close()

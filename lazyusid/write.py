@@ -33,6 +33,7 @@ def write_main(
     spec_dims: Dimension | Sequence[Dimension] | h5py.Dataset,
     dtype=None,
     attrs: Mapping | None = None,
+    ancillary_suffix: str = "",
     **dataset_kwargs,
 ) -> h5py.Dataset:
     """Write a USID main dataset and its four ancillary datasets.
@@ -55,11 +56,16 @@ def write_main(
     pos_dims, spec_dims : Dimension, sequence of Dimension, or h5py.Dataset
         The position and spectroscopic dimensions, **slowest varying first**
         (the order of the N-D array). Passing an existing main dataset reuses
-        its ancillary datasets instead of writing new ones.
+        its ancillary datasets instead of writing new ones (copies them when
+        it lives in another file).
     dtype : numpy dtype, optional
         dtype of the stored data (default: that of ``data``).
     attrs : mapping, optional
         Extra attributes for the main dataset.
+    ancillary_suffix : str
+        Appended to the names of new ancillary datasets, so that several main
+        datasets of different dimensions can share a group
+        (``Spectroscopic_Indices_amplitude``).
     **dataset_kwargs
         Passed to :meth:`h5py.Group.create_dataset` (``chunks``, ``compression``...).
 
@@ -98,8 +104,10 @@ def write_main(
         raise TypeError("dtype is required when data is None")
 
     # validate everything above before touching the file
-    pos_inds, pos_vals = _materialise(group, pos_anc, "Position", spectroscopic=False)
-    spec_inds, spec_vals = _materialise(group, spec_anc, "Spectroscopic", spectroscopic=True)
+    pos_inds, pos_vals = _materialise(group, pos_anc, "Position", spectroscopic=False, suffix=ancillary_suffix)
+    spec_inds, spec_vals = _materialise(
+        group, spec_anc, "Spectroscopic", spectroscopic=True, suffix=ancillary_suffix
+    )
     dset = group.create_dataset(name, shape=(n_pos, n_spec), dtype=dtype, **dataset_kwargs)
     if data is not None:
         _copy_rows(data, dset)
@@ -140,27 +148,28 @@ def _ancillaries(group, dims, *, spectroscopic: bool):
             dims.file[dims.attrs[f"{prefix}_Indices"]],
             dims.file[dims.attrs[f"{prefix}_Values"]],
         )
-        if existing[0].file != group.file:
-            raise ValueError(
-                f"can only reuse ancillary datasets of {dims.name!r} within the same file "
-                f"({dims.file.filename}); pass Dimension objects instead"
-            )
+        if existing[0].file != group.file:  # another file: copy them (references cannot cross files)
+            return ("copy", *existing), part.shape
         return existing, part.shape
     what = "spec_dims" if spectroscopic else "pos_dims"
     dims = parse_dimensions(dims, what)
     return dims, tuple(d.size for d in dims)
 
 
-def _materialise(group, anc, prefix: str, *, spectroscopic: bool):
+def _materialise(group, anc, prefix: str, *, spectroscopic: bool, suffix: str = ""):
     if isinstance(anc[0], h5py.Dataset):
         return anc
-    names = [f"{prefix}_Indices", f"{prefix}_Values"]
+    names = [f"{prefix}_Indices{suffix}", f"{prefix}_Values{suffix}"]
     clash = [n for n in names if n in group]
     if clash:
         raise ValueError(
             f"{group.name!r} already holds {clash}; write this main dataset into its own group, "
             "or pass an existing main dataset as pos_dims/spec_dims to share its ancillaries"
         )
+    if anc[0] == "copy":
+        for n, source in zip(names, anc[1:]):
+            group.copy(source, n)
+        return tuple(group[n] for n in names)
     indices, values = build_ancillary(anc)
     if not spectroscopic:
         indices, values = indices.T, values.T

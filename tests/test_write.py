@@ -299,16 +299,23 @@ def test_results_dataset_reuses_position_ancillaries(pyusid, tmp_path):
     np.testing.assert_array_equal(fit_arr["X"].values, raw_arr["X"].values)
 
 
-def test_reusing_ancillaries_across_files_is_refused(usid_file, tmp_path):
+def test_ancillaries_of_a_main_dataset_in_another_file_are_copied(usid_file, tmp_path, pyusid):
     with h5py.File(usid_file.path) as src, h5py.File(tmp_path / "other.h5", "w") as dst:
-        with pytest.raises(ValueError, match=r"can only reuse ancillary datasets of .* within the same file"):
-            write_main(
-                dst,
-                np.zeros((384, 2)),
-                name="D",
-                quantity="Q",
-                units="V",
-                pos_dims=src[usid_file.dataset],
-                spec_dims=Dimension("F", "Hz", 2),
-            )
-        assert list(dst) == []
+        source = src[usid_file.dataset]
+        dset = write_main(
+            dst,
+            np.zeros((source.shape[0], 2)),
+            name="D",
+            quantity="Q",
+            units="V",
+            pos_dims=source,
+            spec_dims=Dimension("F", "Hz", 2),
+            ancillary_suffix="_D",
+        )
+        assert sorted(dst) == ["D", "Position_Indices_D", "Position_Values_D", "Spectroscopic_Indices_D",
+                               "Spectroscopic_Values_D"]
+        np.testing.assert_array_equal(dst["Position_Values_D"][()], src[source.attrs["Position_Values"]][()])
+        assert pyusid.hdf_utils.check_if_main(dset)
+    assert open_usid(tmp_path / "other.h5").sizes == {
+        **{k: v for k, v in open_usid(usid_file.path).sizes.items() if k in ("Y", "X")}, "F": 2
+    }

@@ -1,0 +1,263 @@
+"""The identity of a computation: a sha256 token over a canonical encoding.
+
+Two computations share a token only if they would produce the same numbers:
+the same tool, the same function (module, qualified name and a hash of its
+code), the same parameters (``1``, ``1.0`` and ``True`` differ; NumPy arrays
+by dtype, shape and bytes), the same declared outputs and core dimensions,
+and the same source. Nothing here uses Python's ``hash()`` (salted per
+process) or pickle (not canonical), so tokens are stable across processes
+and sessions (DESIGN.md, decision 7).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import math
+import struct
+import types
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import LazyUSIDError
+
+#: bump when the meaning of stored results changes; part of every token
+RESULT_FORMAT_VERSION = 1
+
+#: arrays larger than this appear in the readable parameters by digest only
+_READABLE_ARRAY_ITEMS = 64
+
+
+class UnhashableParameterError(LazyUSIDError, TypeError):
+    """A parameter has no canonical encoding, so results cannot be identified."""
+
+
+def digest(value) -> str:
+    """The sha256 hex digest of the canonical encoding of ``value``.
+
+    Examples
+    --------
+    >>> digest(1) == digest(1.0)
+    False
+    >>> digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
+    True
+    """
+    h = hashlib.sha256()
+    _encode(value, h.update, path="value")
+    return h.hexdigest()
+
+
+def function_identity(func) -> dict:
+    """Module, qualified name and code digest of a callable, as plain data.
+
+    The code digest covers the bytecode, constants (recursively, for nested
+    functions and lambdas), names, default arguments and closure values, so
+    editing the function body changes it; renaming a local variable alone
+    does too (conservative: it may recompute, never reuses wrongly).
+    """
+    h = hashlib.sha256()
+    _encode_callable(func, h.update)
+    target = func.func if isinstance(func, functools.partial) else func
+    return {
+        "module": getattr(target, "__module__", None) or type(target).__module__,
+        "qualname": getattr(target, "__qualname__", None) or type(target).__qualname__,
+        "code_sha256": h.hexdigest(),
+    }
+
+
+def computation_token(
+    *,
+    tool: str,
+    function,
+    source: Mapping,
+) -> tuple[str, dict]:
+    """The token of mapping ``function`` (a :class:`~lazyusid.function.SpectralFunction`) over ``source``.
+
+    Parameters
+    ----------
+    tool : str
+        The tool (process) name.
+    function : SpectralFunction
+    source : mapping
+        Plain data describing the input: file, dataset path, shape, dtype,
+        loop and core dimensions.
+
+    Returns
+    -------
+    token : str
+        64 hex characters.
+    identity : dict
+        The plain-data description the token was computed from (JSON-able),
+        stored next to the results for people to read.
+    """
+    identity = {
+        "format_version": RESULT_FORMAT_VERSION,
+        "tool": tool,
+        "function": function_identity(function.func),
+        "vectorized": bool(function.vectorized),
+        "outputs": [o.to_dict() for o in function.outputs],
+        "source": dict(source),
+    }
+    h = hashlib.sha256()
+    _encode(identity, h.update, path="identity")
+    _encode(dict(function.params), h.update, path="params")
+    return h.hexdigest(), {**identity, "params": readable(function.params)}
+
+
+def readable(value):
+    """A JSON-able rendering of parameters (small arrays as lists, large ones by digest)."""
+    if isinstance(value, Mapping):
+        return {str(k): readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [readable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic) and not isinstance(value, np.bool_):
+        arr = np.asarray(value)
+        if arr.size <= _READABLE_ARRAY_ITEMS and arr.dtype.kind in "biuf":
+            return {"dtype": arr.dtype.str, "shape": list(arr.shape), "values": arr.tolist()}
+        return {"dtype": arr.dtype.str, "shape": list(arr.shape), "sha256": digest(arr)}
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, complex):
+        return {"complex": [value.real, value.imag]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return {"bytes_sha256": hashlib.sha256(value).hexdigest()}
+    return repr(value)
+
+
+def to_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _tag(update, tag: bytes, payload: bytes = b"") -> None:
+    update(tag + struct.pack("<Q", len(payload)) + payload)
+
+
+def _encode(value, update, *, path: str) -> None:
+    """Feed a type-tagged, length-prefixed encoding of ``value`` to ``update``."""
+    if value is None:
+        _tag(update, b"N")
+    elif isinstance(value, (bool, np.bool_)):
+        _tag(update, b"B", b"1" if value else b"0")
+    elif isinstance(value, int):
+        _tag(update, b"I", str(value).encode())
+    elif isinstance(value, float):
+        _tag(update, b"F", struct.pack("<d", value))
+    elif isinstance(value, complex):
+        _tag(update, b"C", struct.pack("<dd", value.real, value.imag))
+    elif isinstance(value, str):
+        _tag(update, b"S", value.encode("utf-8"))
+    elif isinstance(value, (bytes, bytearray)):
+        _tag(update, b"Y", bytes(value))
+    elif isinstance(value, (np.ndarray, np.generic)):
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":
+            raise UnhashableParameterError(f"{path}: object arrays have no canonical encoding; use a numeric dtype")
+        _tag(update, b"A" if isinstance(value, np.ndarray) else b"G", f"{arr.dtype.str}{arr.shape}".encode())
+        _tag(update, b"D", np.ascontiguousarray(arr).tobytes())
+    elif isinstance(value, (list, tuple)):
+        _tag(update, b"L" if isinstance(value, list) else b"T", str(len(value)).encode())
+        for i, item in enumerate(value):
+            _encode(item, update, path=f"{path}[{i}]")
+    elif isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            h = hashlib.sha256()
+            _encode(key, h.update, path=f"{path} key")
+            items.append((h.digest(), key, item))
+        _tag(update, b"M", str(len(items)).encode())
+        for key_digest, key, item in sorted(items, key=lambda t: t[0]):
+            update(key_digest)
+            _encode(item, update, path=f"{path}[{key!r}]")
+    elif isinstance(value, (set, frozenset)):
+        digests = sorted(digest(v) for v in value)
+        _tag(update, b"E", "".join(digests).encode())
+    elif isinstance(value, np.dtype):
+        _tag(update, b"d", value.str.encode())
+    elif isinstance(value, type):
+        _tag(update, b"c", _class_name(value).encode())
+    elif isinstance(value, types.CodeType):
+        _encode_code(value, update)
+    elif callable(value):
+        _encode_callable(value, update)
+    elif isinstance(value, slice):
+        _tag(update, b"Z")
+        _encode((value.start, value.stop, value.step), update, path=path)
+    else:
+        raise UnhashableParameterError(
+            f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which lazyusid cannot "
+            "identify reproducibly; pass numbers, strings, booleans, None, NumPy arrays, or lists, tuples "
+            "and dicts of those"
+        )
+
+
+def _encode_code(code: types.CodeType, update) -> None:
+    _tag(update, b"K", code.co_code)
+    _encode(code.co_names, update, path="code names")
+    _encode(code.co_varnames, update, path="code varnames")
+    _tag(update, b"k", str(len(code.co_consts)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _encode_code(const, update)
+        elif const is Ellipsis:
+            _tag(update, b".")
+        else:
+            _encode(const, update, path="code constant")
+
+
+def _encode_callable(func, update) -> None:
+    if isinstance(func, functools.partial):
+        _tag(update, b"P")
+        _encode_callable(func.func, update)
+        _encode(list(func.args), update, path="partial args")
+        _encode(dict(func.keywords), update, path="partial keywords")
+        return
+    if inspect.ismethod(func):
+        _tag(update, b"m")
+        _encode_callable(func.__func__, update)
+        _encode_object_state(func.__self__, update)
+        return
+    name = f"{getattr(func, '__module__', None)}.{getattr(func, '__qualname__', type(func).__qualname__)}"
+    code = getattr(func, "__code__", None)
+    if isinstance(code, types.CodeType):
+        _tag(update, b"U", name.encode())
+        _encode_code(code, update)
+        _encode(func.__defaults__ or (), update, path=f"defaults of {name}")
+        _encode(dict(func.__kwdefaults__ or {}), update, path=f"keyword defaults of {name}")
+        for cell in func.__closure__ or ():
+            _encode(cell.cell_contents, update, path=f"closure of {name}")
+        return
+    if isinstance(func, (types.BuiltinFunctionType, np.ufunc)):  # C code: name and library version
+        module = getattr(func, "__module__", None) or "numpy"
+        version = getattr(__import__(module.split(".")[0]), "__version__", "")
+        _tag(update, b"X", f"{module}.{func.__name__}@{version}".encode())
+        return
+    if isinstance(func, type):
+        _tag(update, b"c", _class_name(func).encode())
+        return
+    # a callable object: its class's __call__ (when written in Python) and its state
+    _tag(update, b"O", _class_name(type(func)).encode())
+    call = type(func).__call__
+    if isinstance(getattr(call, "__code__", None), types.CodeType):
+        _encode_callable(call, update)
+    _encode_object_state(func, update)
+
+
+def _class_name(cls: type) -> str:
+    top = (cls.__module__ or "").split(".")[0]
+    version = getattr(__import__(top), "__version__", "") if top and top != "__main__" else ""
+    return f"{cls.__module__}.{cls.__qualname__}@{version}"
+
+
+def _encode_object_state(obj, update) -> None:
+    state = getattr(obj, "__dict__", None)
+    if state is None:
+        _tag(update, b"t", _class_name(type(obj)).encode())
+    else:
+        _encode(dict(state), update, path=f"state of {type(obj).__qualname__}")

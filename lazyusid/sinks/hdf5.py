@@ -1,0 +1,395 @@
+"""Results in HDF5: a USID results group ``<Main>-<Tool>_NNN`` with checkpoint flags.
+
+One writer (the process that runs the computation) holds the file open
+``r+`` for the whole run, so HDF5's file lock keeps other writers out. Each
+block is written as: data, flush, flags and ``last_pixel``, flush
+(DESIGN.md, decision 6). A new file is built under a temporary name and
+linked into place only once its skeleton is flushed, so a kill never leaves
+an unreadable target.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+
+from ..dimension import Dimension
+from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
+from ..function import Output
+from ..identity import to_json
+from ..open import H5Source
+from ..write import bookkeeping_attrs, write_main
+from .base import MARKERS, ResultShape
+
+#: attributes lazyusid writes on a results group (parameters never overwrite them)
+RESERVED_ATTRS = {
+    "tool",
+    "num_source_dsets",
+    "source_000",
+    "source_file_path",
+    "source_dataset_path",
+    "last_pixel",
+    "lazyusid_token",
+    "lazyusid_identity",
+    "lazyusid_format_version",
+    *bookkeeping_attrs(),
+}
+#: largest chunk of a result dataset
+_CHUNK_BYTES = 4 * 2**20
+_NEW_FILE_SUFFIX = ".lazyusid-partial"
+
+
+@dataclass(frozen=True)
+class Found:
+    """An existing results group with the same token."""
+
+    name: str
+    rows_done: int
+    complete: bool
+
+
+def results_prefix(base: str, tool: str) -> str:
+    return f"{base}-{tool}_"
+
+
+class HDF5Sink:
+    """Results groups in an HDF5 file.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file (created if missing).
+    group : str
+        HDF5 path of the group holding results groups.
+    base : str
+        Name of the source main dataset (the ``<Main>`` of group names).
+    tool : str
+    shape : ResultShape
+    source_file, source_dataset : str or None
+        The source main dataset, when the data came from a USID file.
+    reuse_positions : bool
+        Whether the result's positions are exactly the source's (then its
+        position ancillary datasets are reused, or copied from another file).
+    """
+
+    kind = "hdf5"
+
+    def __init__(self, path, group, *, base, tool, shape: ResultShape, source_file, source_dataset, reuse_positions):
+        self.path = os.path.abspath(os.fspath(path))
+        self.group = "/" + group.strip("/") if group else "/"
+        self.base = base
+        self.tool = tool
+        self.shape = shape
+        self.source_file = source_file
+        self.source_dataset = source_dataset
+        self.reuse_positions = reuse_positions
+        self.in_file = source_file is not None and os.path.abspath(source_file) == self.path
+        self._file: h5py.File | None = None
+        self._group: h5py.Group | None = None
+        self._done: np.ndarray | None = None
+        self._prefix = 0
+
+    def __repr__(self) -> str:
+        return f"HDF5Sink({self.path!r}, group={self.group!r})"
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.group.rstrip('/')}/"
+
+    # -- finding ---------------------------------------------------------------------------------
+
+    def find(self, token: str, name: str | None = None) -> list[Found]:
+        """Results groups of this tool holding ``token`` (``name`` only, if given), newest last."""
+        if not os.path.exists(self.path):
+            if name is not None:
+                raise FileNotFoundError(f"{self.path} does not exist, so it holds no results group {name!r}")
+            return []
+        with _opened(self.path, "r") as f:
+            return self._find(f, token, name)
+
+    def _find(self, f: h5py.File, token: str, name: str | None) -> list[Found]:
+        parent = f.get(self.group)
+        if name is not None:
+            grp = parent.get(name) if isinstance(parent, h5py.Group) else None
+            if not isinstance(grp, h5py.Group):
+                raise KeyError(f"no results group {name!r} in {self.where}")
+            if _text(grp.attrs.get("lazyusid_token")) != token:
+                raise StoreConflictError(
+                    f"results group {grp.name!r} in {self.path} holds a different computation "
+                    f"(tool {_text(grp.attrs.get('tool'))!r}, token {_text(grp.attrs.get('lazyusid_token'))!r}); "
+                    "it cannot be resumed with this function, these parameters and this source"
+                )
+            return [self._found(grp)]
+        if not isinstance(parent, h5py.Group):
+            return []
+        prefix = results_prefix(self.base, self.tool)
+        found = []
+        for key in sorted(k for k in parent if k.startswith(prefix)):
+            grp = parent.get(key)
+            if isinstance(grp, h5py.Group) and _text(grp.attrs.get("lazyusid_token")) == token:
+                found.append(self._found(grp))
+        return found
+
+    def _found(self, grp: h5py.Group) -> Found:
+        done = int(grp.attrs.get("last_pixel", 0))
+        return Found(grp.name.rsplit("/", 1)[-1], done, done >= self.shape.n_rows)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self):
+        """Hold the file open for writing (and so locked) while the block runs."""
+        _check_writable(self.path, self.in_file)
+        if not os.path.exists(self.path):
+            self._create_file()
+        with _opened(self.path, "r+") as f:
+            self._file = f
+            try:
+                yield self
+            finally:
+                self._file = self._group = None
+
+    def _create_file(self) -> None:
+        for stale in glob.glob(glob.escape(self.path) + ".*" + _NEW_FILE_SUFFIX):
+            pid = stale[len(self.path) + 1 : -len(_NEW_FILE_SUFFIX)]
+            if pid.isdigit() and not _alive(int(pid)):
+                os.remove(stale)  # left by a killed run before it linked its file into place
+        tmp = f"{self.path}.{os.getpid()}{_NEW_FILE_SUFFIX}"
+        with h5py.File(tmp, "w") as f:
+            f.require_group(self.group)
+            f.attrs.update(bookkeeping_attrs())
+        try:
+            os.link(tmp, self.path)  # atomic, and never replaces a file another process just made
+        except FileExistsError:
+            pass
+        finally:
+            os.remove(tmp)
+
+    def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
+        """Open the group to resume, or create a new one; return the per-row flags."""
+        f = self._file
+        if resume is not None:
+            grp = f[self.group][resume.name]
+            problems = self._problems(grp)
+            if not problems:
+                return self._attach(grp)
+            if MARKERS in grp and np.any(grp[MARKERS][()]):
+                raise StoreConflictError(
+                    f"results group {grp.name!r} in {self.path} is damaged ({'; '.join(problems)}) but holds "
+                    "finished positions; lazyusid will not remove it. Pass override=True to compute into a new "
+                    "group, or delete it."
+                )
+            del f[self.group][resume.name]  # a skeleton left by a killed run, with nothing finished
+            f.flush()
+        return self._attach(self._create_group(token, identity, params))
+
+    def _create_group(self, token, identity, params) -> h5py.Group:
+        f = self._file
+        parent = f.require_group(self.group)
+        prefix = results_prefix(self.base, self.tool)
+        taken = [int(m.group(1)) for k in parent if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", k))]
+        name = f"{prefix}{max(taken, default=-1) + 1:03d}"
+        grp = parent.create_group(name)
+        shape = self.shape
+
+        source = None
+        if self.source_file is not None:
+            source = f if self.in_file else h5py.File(self.source_file, "r")
+        try:
+            pos_dims = source[self.source_dataset] if source is not None and self.reuse_positions else _pos_dims(shape)
+            for out in shape.outputs:
+                cols = shape.columns(out)
+                rows = max(1, min(shape.rows_per_block, shape.n_rows, _CHUNK_BYTES // max(1, cols * out.dtype.itemsize)))
+                main = write_main(
+                    grp,
+                    None,
+                    name=out.name,
+                    quantity=out.name,
+                    units="a. u.",
+                    pos_dims=pos_dims,
+                    spec_dims=_spec_dims(shape, out),
+                    dtype=out.dtype,
+                    ancillary_suffix="" if len(shape.outputs) == 1 else f"_{out.name}",
+                    chunks=(rows, cols),
+                    fillvalue=np.nan if out.dtype.kind in "fc" else 0,
+                )
+                pos_dims = main  # later outputs share the position ancillaries
+            grp.attrs["tool"] = self.tool
+            grp.attrs["num_source_dsets"] = 0 if self.source_file is None else 1
+            if self.in_file:
+                grp.attrs["source_000"] = f[self.source_dataset].ref
+            elif self.source_file is not None:
+                grp.attrs["source_file_path"] = self.source_file
+                grp.attrs["source_dataset_path"] = self.source_dataset
+        finally:
+            if source is not None and not self.in_file:
+                source.close()
+        grp.attrs.update(bookkeeping_attrs())
+        for key, value in params.items():
+            plain = _plain(value)
+            if plain is not None and key not in RESERVED_ATTRS:
+                grp.attrs[key] = plain
+        grp.attrs["lazyusid_identity"] = to_json(identity)
+        grp.attrs["lazyusid_format_version"] = identity["format_version"]
+        grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0)
+        grp.attrs["last_pixel"] = 0
+        grp.attrs["lazyusid_token"] = token  # last: a group is found only once it is whole
+        f.flush()
+        return grp
+
+    def _problems(self, grp: h5py.Group) -> list[str]:
+        problems = []
+        markers = grp.get(MARKERS)
+        if not isinstance(markers, h5py.Dataset) or markers.shape != (self.shape.n_rows,):
+            problems.append(f"no {MARKERS} of {self.shape.n_rows} rows")
+        for out in self.shape.outputs:
+            dset = grp.get(out.name)
+            want = (self.shape.n_rows, self.shape.columns(out))
+            if not isinstance(dset, h5py.Dataset) or dset.shape != want or dset.dtype != out.dtype:
+                problems.append(f"no dataset {out.name!r} of shape {want} and dtype {out.dtype}")
+        return problems
+
+    def _attach(self, grp: h5py.Group) -> np.ndarray:
+        self._group = grp
+        self._dsets = [grp[o.name] for o in self.shape.outputs]
+        self._markers = grp[MARKERS]
+        self._done = np.asarray(self._markers[()], dtype=np.uint8)
+        self._prefix = _prefix(self._done, 0)
+        self.name = grp.name.rsplit("/", 1)[-1]
+        return self._done.copy()
+
+    def write(self, r0: int, r1: int, outs) -> None:
+        """Checkpoint one block of rows: data, flush, flags, flush."""
+        for dset, arr in zip(self._dsets, outs):
+            dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        self._file.flush()
+        self._markers[r0:r1] = 1
+        self._done[r0:r1] = 1
+        self._prefix = _prefix(self._done, self._prefix)
+        self._group.attrs["last_pixel"] = self._prefix
+        self._file.flush()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def result(self, name: str) -> dict[str, xr.Variable]:
+        """The outputs of results group ``name``, lazily (each read opens the file read-only)."""
+        shape = self.shape
+        path = f"{self.group.rstrip('/')}/{name}"
+        out = {}
+        for o in shape.outputs:
+            cols = shape.columns(o)
+            source = H5Source(self.path, f"{path}/{o.name}", (shape.n_rows,), (cols,), o.dtype)
+            rows = max(1, min(shape.n_rows, _CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
+            arr = da.from_array(
+                source,
+                chunks=(rows, cols),
+                lock=False,
+                asarray=True,
+                inline_array=True,
+                meta=np.empty((0, 0), dtype=o.dtype),
+                name="usid-result-" + dask.base.tokenize(source, rows),
+            )
+            out[o.name] = shape.variable(o, arr)
+        return out
+
+
+def _prefix(done: np.ndarray, start: int) -> int:
+    rest = np.flatnonzero(done[start:] == 0)
+    return int(start + rest[0]) if rest.size else int(done.size)
+
+
+def _pos_dims(shape: ResultShape) -> list[Dimension]:
+    return [_dimension(shape, d, n) for d, n in zip(shape.pos_dims, shape.pos_shape)]
+
+
+def _spec_dims(shape: ResultShape, out: Output) -> list[Dimension]:
+    dims = [_dimension(shape, d, n) for d, n in zip(shape.extra_dims, shape.extra_shape)]
+    dims += [Dimension(str(d), "", n) for d, n in zip(out.dims, out.shape)]
+    return dims or [Dimension("Value", "", 1)]
+
+
+def _dimension(shape: ResultShape, dim, size: int) -> Dimension:
+    coord = shape.coords.get(dim)
+    if coord is not None and coord.dims == (dim,) and coord.dtype.kind in "biuf":
+        return Dimension(str(dim), str(coord.attrs.get("units", "")), np.asarray(coord.values))
+    return Dimension(str(dim), "", size)
+
+
+def _plain(value):
+    """A parameter as pyUSID would store it as an attribute, or None when HDF5 cannot hold it."""
+    if isinstance(value, (bool, np.bool_, int, float, complex, str, np.number)):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biufc" and arr.nbytes <= 32 * 1024:
+            return arr
+        if arr.dtype.kind == "U" and arr.ndim == 1:
+            return np.array([s.encode() for s in arr], dtype="S")
+    return None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_writable(path: str, in_file: bool) -> None:
+    target = path if os.path.exists(path) else os.path.dirname(path) or "."
+    if not os.access(target, os.W_OK):
+        hint = (
+            "results go into the source file by default; pass store='results.h5' (another HDF5 file) "
+            "or store='results.zarr'"
+            if in_file
+            else "choose a writable location for store="
+        )
+        raise ReadOnlyStoreError(f"cannot write results into {path}: it is read-only. {hint}")
+
+
+@contextmanager
+def _opened(path: str, mode: str):
+    """``h5py.File`` with errors that say what is wrong with the target and what to do."""
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        text = str(exc)
+        if isinstance(exc, BlockingIOError) or "unable to lock file" in text or getattr(exc, "errno", None) == errno.EAGAIN:
+            raise StoreBusyError(
+                f"{path} is open in another process (HDF5 file lock): another computation may be writing "
+                "results into it, or a program holds it open. Wait for it to finish, or choose another store."
+            ) from exc
+        if "already open for read-only" in text:
+            raise StoreBusyError(
+                f"{path} is open read-only in this process (an h5py.File you opened?); close it before "
+                "lazyusid writes results into it."
+            ) from exc
+        if isinstance(exc, PermissionError) or "Permission denied" in text:
+            raise ReadOnlyStoreError(f"cannot open {path} for writing: permission denied") from exc
+        if not h5py.is_hdf5(path):
+            raise StoreConflictError(
+                f"{path} exists and is not an HDF5 file; lazyusid will not overwrite it. Choose another store."
+            ) from exc
+        raise
+    try:
+        yield f
+    finally:
+        f.close()
+
