@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from . import datasets
+from . import accessor, datasets
 from .compute import apply_at, map_spectra, plan_spectra
 from .dimension import Dimension
 from .errors import (
@@ -20,7 +20,10 @@ from .errors import (
     DatasetSelectionError,
     InvalidUSIDError,
     LazyUSIDError,
+    ReadOnlyStoreError,
     SpectralFunctionError,
+    StoreBusyError,
+    StoreConflictError,
 )
 from .files import list_main, tree
 from .function import Output
@@ -28,6 +31,7 @@ from .layout import is_main, read_layout, validate_main
 from .open import open_usid
 from .parallel import shutdown
 from .plan import BlockPlan, parse_budget
+from .process import Process
 from .write import write_main
 
 __all__ = [
@@ -38,8 +42,13 @@ __all__ = [
     "InvalidUSIDError",
     "LazyUSIDError",
     "Output",
+    "Process",
+    "ReadOnlyStoreError",
     "SpectralFunctionError",
+    "StoreBusyError",
+    "StoreConflictError",
     "__version__",
+    "accessor",
     "apply_at",
     "datasets",
     "is_main",

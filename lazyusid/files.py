@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 
 import h5py
@@ -54,12 +55,22 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     return found
 
 
+#: pyUSID's results group names: <Main>-<Tool>_NNN
+_RESULTS_GROUP = re.compile(r".+-.+_\d+")
+
+
 def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
-    """The main dataset named ``dataset`` (a path or a unique basename), or the only one."""
+    """The main dataset named ``dataset`` (a path or a unique basename), or the only one.
+
+    Without ``dataset``, main datasets inside results groups (``<Main>-<Tool>_NNN``)
+    do not count when exactly one main dataset lies outside them: a file
+    holding a measurement and its results opens to the measurement.
+    """
     mains = list_main(f)
     if dataset is None:
-        if len(mains) == 1:
-            return f[mains[0]]
+        measured = [m for m in mains if not any(_RESULTS_GROUP.fullmatch(p) for p in m.split("/")[:-1])]
+        if len(mains) == 1 or len(measured) == 1:
+            return f[(measured or mains)[0]]
         if not mains:
             raise DatasetSelectionError(f"{f.filename!r} holds no USID main dataset")
         listing = "\n  ".join(mains)

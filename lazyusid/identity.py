@@ -158,7 +158,9 @@ def _encode(value, update, *, path: str) -> None:
     elif isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if arr.dtype.kind == "O":
-            raise UnhashableParameterError(f"{path}: object arrays have no canonical encoding; use a numeric dtype")
+            raise UnhashableParameterError(
+                f"{path}: object arrays have no canonical encoding; use a numeric dtype"
+            )
         _tag(update, b"A" if isinstance(value, np.ndarray) else b"G", f"{arr.dtype.str}{arr.shape}".encode())
         _tag(update, b"D", np.ascontiguousarray(arr).tobytes())
     elif isinstance(value, (list, tuple)):

@@ -99,7 +99,7 @@ def shared_client(cores: int):
                     n_workers=cores,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # a free port: None still binds 8787 and warns
                     silence_logs=logging.CRITICAL,
                 )
             except RuntimeError as exc:

@@ -104,7 +104,9 @@ def write_main(
         raise TypeError("dtype is required when data is None")
 
     # validate everything above before touching the file
-    pos_inds, pos_vals = _materialise(group, pos_anc, "Position", spectroscopic=False, suffix=ancillary_suffix)
+    pos_inds, pos_vals = _materialise(
+        group, pos_anc, "Position", spectroscopic=False, suffix=ancillary_suffix
+    )
     spec_inds, spec_vals = _materialise(
         group, spec_anc, "Spectroscopic", spectroscopic=True, suffix=ancillary_suffix
     )

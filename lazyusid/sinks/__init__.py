@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -27,7 +28,15 @@ from .base import ResultShape, stream, todo_ranges
 from .hdf5 import HDF5Sink, _opened
 from .zarr import ZarrSink
 
-__all__ = ["HDF5Sink", "ResultShape", "ZarrSink", "order_for_store", "store_map"]
+__all__ = [
+    "HDF5Sink",
+    "ResultShape",
+    "StoreTarget",
+    "ZarrSink",
+    "order_for_store",
+    "prepare_store",
+    "store_map",
+]
 
 
 def order_for_store(data: xr.DataArray, core_dims) -> tuple[xr.DataArray, tuple, tuple]:
@@ -59,8 +68,50 @@ def store_map(
 ):
     """Compute ``smap`` into ``store`` (checkpointed, resumable) and return the stored result lazily.
 
-    See :func:`lazyusid.map_spectra` for the meaning of the arguments.
+    See :func:`lazyusid.map_spectra` for the meaning of the arguments. The
+    result's ``attrs["usid_rows_computed"]`` counts the rows computed by
+    this call (0 when the stored result was returned).
     """
+    if resume is not None and override:
+        raise ValueError("pass either resume= (continue that group) or override=True (a new one), not both")
+    target = prepare_store(smap, store, pos_dims=pos_dims, extra_dims=extra_dims, group=group, tool=tool)
+    sink, shape, token = target.sink, target.shape, target.token
+    found = sink.find(token, resume)
+    computed = 0
+    if found and found[-1].complete and not override:
+        name = found[-1].name
+    else:
+        with sink.writing():
+            found = sink.find(token, resume)  # again, now that no one else can write
+            partial = next((f for f in reversed(found) if not f.complete), None) if not override else None
+            done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
+            name = sink.name
+            ranges = todo_ranges(done, shape.rows_per_block)
+            computed = sum(b - a for a, b in ranges)
+            key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
+            stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
+    out = _as_xarray(sink, name, shape, smap, token, result_dims)
+    out.attrs["usid_rows_computed"] = computed
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class StoreTarget:
+    """Where and as what a planned computation is stored: the sink, the result's shape, the token."""
+
+    sink: HDF5Sink | ZarrSink
+    shape: ResultShape
+    token: str
+    identity: dict
+    n_extra: int
+
+    def find(self, name: str | None = None):
+        """Stored results of this computation: a list of :class:`~lazyusid.sinks.hdf5.Found`, oldest first."""
+        return self.sink.find(self.token, name)
+
+
+def prepare_store(smap, store, *, pos_dims, extra_dims, group=None, tool=None) -> StoreTarget:
+    """Resolve ``store`` and compute the token; reads the target, never writes."""
     data = smap.data
     tool = _tool_name(tool or smap.function.name)
     n_extra = int(np.prod([data.sizes[d] for d in extra_dims], dtype=np.int64))
@@ -76,22 +127,7 @@ def store_map(
     sink = _open_sink(store, group, tool=tool, shape=shape, data=data)
     source = _source_identity(data, smap.core_dims, in_file=getattr(sink, "in_file", False))
     token, identity = computation_token(tool=tool, function=smap.function, source=source)
-
-    found = sink.find(token, resume)
-    if found and found[-1].complete and not override:
-        name = found[-1].name
-    else:
-        with sink.writing():
-            found = sink.find(token, resume)  # again, now that no one else can write
-            partial = next((f for f in reversed(found) if not f.complete), None) if not override else None
-            if resume is not None and override:
-                raise ValueError("pass either resume= (continue that group) or override=True (a new one), not both")
-            done = sink.prepare(token, identity, dict(smap.function.params), resume=partial)
-            name = sink.name
-            ranges = todo_ranges(done, shape.rows_per_block)
-            key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
-            stream(smap, ranges, n_extra, sink.write, progress_key=key)
-    return _as_xarray(sink, name, shape, smap, token, result_dims)
+    return StoreTarget(sink, shape, token, identity, n_extra)
 
 
 def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
@@ -173,9 +209,7 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
     The file path counts unless results go into the source file itself, so
     two scans of the same layout mapped into one results file stay apart.
     """
-    coords = {
-        str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"
-    }
+    coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
     source = {
         "dims": [str(d) for d in data.dims],
         "shape": [int(n) for n in data.shape],

@@ -168,7 +168,7 @@ def stream(
             for fut in finished:
                 try:
                     r0, r1, outs = fut.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below, after saving the rest
+                except BaseException as exc:
                     error = error or exc
                     continue
                 with io_lock:

@@ -84,7 +84,9 @@ class HDF5Sink:
 
     kind = "hdf5"
 
-    def __init__(self, path, group, *, base, tool, shape: ResultShape, source_file, source_dataset, reuse_positions):
+    def __init__(
+        self, path, group, *, base, tool, shape: ResultShape, source_file, source_dataset, reuse_positions
+    ):
         self.path = os.path.abspath(os.fspath(path))
         self.group = "/" + group.strip("/") if group else "/"
         self.base = base
@@ -206,10 +208,19 @@ class HDF5Sink:
         if self.source_file is not None:
             source = f if self.in_file else h5py.File(self.source_file, "r")
         try:
-            pos_dims = source[self.source_dataset] if source is not None and self.reuse_positions else _pos_dims(shape)
+            pos_dims = (
+                source[self.source_dataset]
+                if source is not None and self.reuse_positions
+                else _pos_dims(shape)
+            )
             for out in shape.outputs:
                 cols = shape.columns(out)
-                rows = max(1, min(shape.rows_per_block, shape.n_rows, _CHUNK_BYTES // max(1, cols * out.dtype.itemsize)))
+                rows = max(
+                    1,
+                    min(
+                        shape.rows_per_block, shape.n_rows, _CHUNK_BYTES // max(1, cols * out.dtype.itemsize)
+                    ),
+                )
                 main = write_main(
                     grp,
                     None,
@@ -371,7 +382,11 @@ def _opened(path: str, mode: str):
         f = h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
-        if isinstance(exc, BlockingIOError) or "unable to lock file" in text or getattr(exc, "errno", None) == errno.EAGAIN:
+        if (
+            isinstance(exc, BlockingIOError)
+            or "unable to lock file" in text
+            or getattr(exc, "errno", None) == errno.EAGAIN
+        ):
             raise StoreBusyError(
                 f"{path} is open in another process (HDF5 file lock): another computation may be writing "
                 "results into it, or a program holds it open. Wait for it to finish, or choose another store."
@@ -392,4 +407,3 @@ def _opened(path: str, mode: str):
         yield f
     finally:
         f.close()
-

@@ -76,7 +76,7 @@ class ZarrSink:
     def _attrs(self) -> dict:
         try:
             return dict(zarr.open_group(self.path, mode="r", zarr_format=3).attrs)
-        except Exception as exc:  # noqa: BLE001 - any failure means: not our store
+        except Exception as exc:
             raise StoreConflictError(
                 f"{self.path} exists and is not a zarr v3 group ({type(exc).__name__}: {exc}); lazyusid "
                 "never overwrites it. Choose another store path."
