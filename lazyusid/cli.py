@@ -72,19 +72,42 @@ def run_info(args) -> int:
             base = arr.attrs["usid_dataset"].rsplit("/", 1)[-1]
             for key in parent:
                 if key.startswith(base + "-") and isinstance(parent[key], h5py.Group):
-                    grp = parent[key]
-                    done = grp.get("completed_positions")
-                    status = ""
-                    if done is not None and done.size:
-                        status = f", {int(done[()].astype(bool).sum())}/{done.size} positions done"
-                    print(f"  results {key}: tool={grp.attrs.get('tool', '?')}{status}")
+                    print("  " + _describe_results(parent[key]))
     return 0
+
+
+def _describe_results(grp) -> str:
+    """One line: name, tool, parameters and completion of a results group."""
+    import numpy as np
+
+    from .sinks.base import MARKERS
+    from .sinks.hdf5 import RESERVED_ATTRS
+
+    name = grp.name.rsplit("/", 1)[-1]
+    params = []
+    for key, value in grp.attrs.items():
+        if key in RESERVED_ATTRS or isinstance(value, h5py.Reference):
+            continue
+        if isinstance(value, np.ndarray) and value.size > 4:
+            text = f"<{value.size} values, {value.dtype}, {value.min():.4g} … {value.max():.4g}>"
+        else:
+            text = value.decode() if isinstance(value, bytes) else str(value).replace("\n", "")
+        params.append(f"{key}={text if len(text) <= 40 else text[:37] + '...'}")
+    done = grp.get(MARKERS)
+    status = "no completed_positions"
+    if isinstance(done, h5py.Dataset) and done.size:
+        n = int(done[()].astype(bool).sum())
+        status = f"{n}/{done.size} positions done" + (" (complete)" if n == done.size else " (partial)")
+    origin = "lazyusid" if "lazyusid_token" in grp.attrs else "not lazyusid"
+    tool = grp.attrs.get("tool", "?")
+    tool = tool.decode() if isinstance(tool, bytes) else tool
+    return f"results {name}: tool={tool}, {status}, {origin}; parameters: {', '.join(params) or 'none'}"
 
 
 def run_demo(args) -> int:
     import numpy as np
 
-    from .compute import apply_at, prepare_map
+    from .compute import apply_at, map_spectra
     from .datasets import make_be_pfm
     from .open import open_usid
     from .tutorial import PEAK_WIDTHS, peak_amplitude
@@ -113,20 +136,27 @@ def run_demo(args) -> int:
     value = apply_at(data, peak_amplitude, probe, params=params)
     print(f"tested peak_amplitude at {probe}: {value:.4g}")
 
-    mapping = prepare_map(
-        data, peak_amplitude, params=params, cores=args.cores, progress=not args.no_progress
-    )
-    print(f"plan: {mapping.plan!r}; running on {mapping.where}")
     tic = time.perf_counter()
-    amplitude = mapping.result().compute()
+    amplitude = map_spectra(
+        data,
+        peak_amplitude,
+        params=params,
+        store=path,
+        cores=args.cores,
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - tic
-    n = int(np.prod(amplitude.shape))
-    print(f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s)")
-
-    out_nc = os.path.join(args.out, "peak_amplitude.nc")
-    amplitude.to_netcdf(out_nc, engine="h5netcdf")
+    rows = amplitude.attrs["usid_rows_computed"]
+    where = amplitude.attrs["usid_store"]
+    if rows == 0:
+        print(f"found the stored result of this very computation in {where}: returned it in {seconds:.2f} s")
+    else:
+        n = rows  # one spectrum per position here
+        print(f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s), checkpointed into {where}")
+    amplitude = amplitude.compute()
     pngs = _demo_plots(data, amplitude, probe, args.out)
-    print(f"results: {out_nc}; plots: {', '.join(pngs)}")
+    print(f"plots: {', '.join(pngs)}")
+    print(f"run it again to get the stored result at once; see the file with `lazyusid info {path}`")
     return 0
 
 

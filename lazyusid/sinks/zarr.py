@@ -155,7 +155,7 @@ class ZarrSink:
             for index, a, b in boxes(r0, r1, shape.pos_shape):
                 box = tuple(s.stop - s.start for s in index)
                 arr[index] = values[a - r0 : b - r0].reshape(box + values.shape[1:])
-        for index, a, b in boxes(r0, r1, shape.pos_shape):
+        for index, _, _ in boxes(r0, r1, shape.pos_shape):
             self._markers[index] = np.ones(tuple(s.stop - s.start for s in index), np.uint8)
         self._done[r0:r1] = 1
         rest = np.flatnonzero(self._done == 0)
