@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from .files import list_main
+from .files import in_results_group, list_main
 from .open import open_usid
 
 
@@ -18,7 +19,9 @@ class USIDBackendEntrypoint(BackendEntrypoint):
     HDF5 path without the leading ``/`` where names repeat. Data stay lazy;
     pass ``chunks={}`` for dask-backed variables with lazyusid's chunks
     (without it xarray wraps them in its own lazily loaded arrays).
-    Main datasets whose dimensions clash (same name, different size or
+    Results (main datasets inside ``<Main>-<Tool>_NNN`` groups) whose
+    dimensions clash with the measurement's (e.g. a result of a slice) are
+    left out with a warning. Other main datasets whose dimensions clash (same name, different size or
     values) cannot share a Dataset: open them one by one with
     :func:`lazyusid.open_usid`.
     """
@@ -41,7 +44,19 @@ class USIDBackendEntrypoint(BackendEntrypoint):
             arr = open_usid(path, name, chunk_bytes=chunk_bytes)
             arrays[key] = arr.rename(key)
         try:
-            ds = xr.merge(list(arrays.values()), join="exact", combine_attrs="drop", compat="no_conflicts")
+            try:
+                ds = _merge(arrays)
+            except ValueError:
+                results = [k for k, arr in arrays.items() if in_results_group(arr.attrs["usid_dataset"])]
+                if not results:
+                    raise
+                warnings.warn(
+                    f"left out results {results} of {path!r}: their dimensions clash with the measurement's; "
+                    "open them with lazyusid.open_usid(path, dataset=...)",
+                    stacklevel=2,
+                )
+                arrays = {k: v for k, v in arrays.items() if k not in results}
+                ds = _merge(arrays)
         except ValueError as exc:
             raise ValueError(
                 f"the main datasets of {path!r} have clashing dimensions and cannot share one "
@@ -49,6 +64,8 @@ class USIDBackendEntrypoint(BackendEntrypoint):
             ) from exc
         for key, arr in arrays.items():
             ds[key].attrs = arr.attrs
+            # names the source for the identity of results (kept by selections, dropped by computations)
+            ds[key].encoding["usid_source"] = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
             for name, coord in arr.coords.items():  # combine_attrs="drop" dropped their units too
                 ds[name].attrs = dict(coord.attrs)
         ds.attrs["usid_file"] = os.path.abspath(path)
@@ -57,3 +74,7 @@ class USIDBackendEntrypoint(BackendEntrypoint):
     def guess_can_open(self, filename_or_obj) -> bool:
         # USID files are plain .h5 files that h5netcdf also claims: open only when asked
         return False
+
+
+def _merge(arrays: dict) -> xr.Dataset:
+    return xr.merge(list(arrays.values()), join="exact", combine_attrs="drop", compat="no_conflicts")

@@ -105,7 +105,6 @@ def _describe_results(grp) -> str:
 
 
 def run_demo(args) -> int:
-    import numpy as np
 
     from .compute import apply_at, map_spectra
     from .datasets import make_be_pfm

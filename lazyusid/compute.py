@@ -8,10 +8,12 @@ a Python per-spectrum function). Nothing runs until the result is computed.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import dask
 import dask.array as da
@@ -20,7 +22,8 @@ import xarray as xr
 
 from . import progress as _progress
 from .function import Output, OutputsLike, SpectralFunction, infer_outputs
-from .parallel import Executor, choose_executor
+from .open import FlatRows, flat_rows
+from .parallel import Executor, _in_distributed_worker, choose_executor
 from .plan import BlockPlan, BudgetLike, plan_blocks
 
 
@@ -57,13 +60,47 @@ class SpectralMap:
     def core_shape(self) -> tuple[int, ...]:
         return tuple(self.data.sizes[d] for d in self.core_dims)
 
+    @cached_property
+    def flat_rows(self) -> FlatRows | None:
+        """Direct reads of the source file's rows, when the input is an untouched :func:`open_usid` array."""
+        return flat_rows(self.data, len(self.core_dims))
+
     def flat_input(self) -> da.Array:
-        """The input as a dask array ``(positions, *core)`` chunked by the plan."""
+        """The input as a dask array ``(positions, *core)`` chunked by the plan.
+
+        An untouched :func:`open_usid` array is read a block at a time,
+        exactly the rows of each block (not the source's larger chunks);
+        anything else is reshaped and re-chunked through dask.
+        """
+        chunks = (self.plan.positions_per_block,) + (-1,) * len(self.core_shape)
+        rows = self.flat_rows
+        if rows is not None:
+            return da.from_array(
+                rows,
+                chunks=chunks,
+                lock=False,
+                asarray=True,
+                inline_array=True,
+                meta=np.empty((0,) * rows.ndim, dtype=rows.dtype),
+                name="usid-flat-" + dask.base.tokenize(rows, chunks),
+            )
         arr = self.data.data
         if not isinstance(arr, da.Array):
             arr = da.from_array(np.asarray(arr), chunks=-1)
         arr = arr.reshape((self.plan.n_positions, *self.core_shape), merge_chunks=True)
-        return arr.rechunk((self.plan.positions_per_block,) + (-1,) * len(self.core_shape))
+        return arr.rechunk(chunks)
+
+    def block_reader(self) -> Callable[[int, int], np.ndarray]:
+        """A function reading positions ``a:b`` of the flat input into memory (in this thread)."""
+        rows = self.flat_rows
+        if rows is not None:
+            return rows.read
+        flat = self.flat_input()
+
+        def read(a: int, b: int) -> np.ndarray:
+            return np.asarray(flat[a:b].compute(scheduler="sync"))
+
+        return read
 
     def block_tasks(self) -> list:
         """One delayed task per block, each returning a tuple of output arrays."""
@@ -124,6 +161,8 @@ def _token(fn: SpectralFunction):
 
 
 def _run_block(block, function, executor: Executor, start, loop_shape, loop_dims, progress_key, n_blocks):
+    if progress_key is not None and _in_distributed_worker():
+        progress_key = None  # a bar per worker of someone else's cluster only confuses
     if progress_key is not None:
         _progress.tick(progress_key, n_blocks, function.name, done=0)
     out = executor.run(function.evaluate, block, first=start, loop_shape=loop_shape, loop_dims=loop_dims)
@@ -284,6 +323,12 @@ def map_spectra(
     >>> amp.compute()                                                   # doctest: +SKIP
     >>> stored = lazyusid.map_spectra(data, f, store="scan.h5")          # doctest: +SKIP
     """
+    unknown = sorted(set(kwargs) - _ENGINE_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"map_spectra() got unexpected keyword arguments {unknown}; the function's own parameters go "
+            f"in params={{...}}, e.g. params={{{unknown[0]!r}: ...}}"
+        )
     if store is None:
         if group is not None or tool is not None or override or resume is not None:
             raise TypeError("group=, tool=, override= and resume= apply only with store=")
@@ -305,6 +350,9 @@ def map_spectra(
         resume=resume,
         result_dims=result_dims,
     )
+
+
+_ENGINE_OPTIONS = frozenset(inspect.signature(prepare_map).parameters) - {"data", "func"}
 
 
 def plan_spectra(data, func: Callable, **kwargs) -> BlockPlan:

@@ -59,6 +59,11 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
 _RESULTS_GROUP = re.compile(r".+-.+_\d+")
 
 
+def in_results_group(path: str) -> bool:
+    """Whether the HDF5 path lies inside a results group ``<Main>-<Tool>_NNN``."""
+    return any(_RESULTS_GROUP.fullmatch(part) for part in path.split("/")[:-1])
+
+
 def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
     """The main dataset named ``dataset`` (a path or a unique basename), or the only one.
 
@@ -68,7 +73,7 @@ def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
     """
     mains = list_main(f)
     if dataset is None:
-        measured = [m for m in mains if not any(_RESULTS_GROUP.fullmatch(p) for p in m.split("/")[:-1])]
+        measured = [m for m in mains if not in_results_group(m)]
         if len(mains) == 1 or len(measured) == 1:
             return f[(measured or mains)[0]]
         if not mains:

@@ -17,6 +17,8 @@ import inspect
 import json
 import math
 import struct
+import sys
+import threading
 import types
 from collections.abc import Mapping
 
@@ -29,6 +31,9 @@ RESULT_FORMAT_VERSION = 1
 
 #: arrays larger than this appear in the readable parameters by digest only
 _READABLE_ARRAY_ITEMS = 64
+
+#: ids of the callables being encoded on this thread, to stop at cycles (recursive functions)
+_encoding = threading.local()
 
 
 class UnhashableParameterError(LazyUSIDError, TypeError):
@@ -54,9 +59,24 @@ def function_identity(func) -> dict:
     """Module, qualified name and code digest of a callable, as plain data.
 
     The code digest covers the bytecode, constants (recursively, for nested
-    functions and lambdas), names, default arguments and closure values, so
-    editing the function body changes it; renaming a local variable alone
-    does too (conservative: it may recompute, never reuses wrongly).
+    functions and lambdas), names, default arguments, closure values and the
+    globals the code uses: helper functions by their own code (recursively),
+    modules by name and version, data by value, other objects by class only.
+    Functions of an installed package (one with a ``__version__``) are
+    covered by their code and the package version instead of their globals.
+    Editing the function body or a helper changes the digest; renaming a
+    local variable alone does too (conservative: it may recompute, never
+    reuses wrongly). Not covered: methods of classes other than the one
+    called, and objects reached only through attributes of a global.
+
+    Examples
+    --------
+    >>> def scale(s, k=2):
+    ...     return s * k
+    >>> function_identity(scale) == function_identity(scale)
+    True
+    >>> function_identity(scale)["qualname"]
+    'scale'
     """
     h = hashlib.sha256()
     _encode_callable(func, h.update)
@@ -161,7 +181,8 @@ def _encode(value, update, *, path: str) -> None:
             raise UnhashableParameterError(
                 f"{path}: object arrays have no canonical encoding; use a numeric dtype"
             )
-        _tag(update, b"A" if isinstance(value, np.ndarray) else b"G", f"{arr.dtype.str}{arr.shape}".encode())
+        kind = b"A" if isinstance(value, np.ndarray) else b"G"
+        _tag(update, kind, f"{_dtype_text(arr.dtype)}{arr.shape}".encode())
         _tag(update, b"D", np.ascontiguousarray(arr).tobytes())
     elif isinstance(value, (list, tuple)):
         _tag(update, b"L" if isinstance(value, list) else b"T", str(len(value)).encode())
@@ -181,7 +202,7 @@ def _encode(value, update, *, path: str) -> None:
         digests = sorted(digest(v) for v in value)
         _tag(update, b"E", "".join(digests).encode())
     elif isinstance(value, np.dtype):
-        _tag(update, b"d", value.str.encode())
+        _tag(update, b"d", _dtype_text(value).encode())
     elif isinstance(value, type):
         _tag(update, b"c", _class_name(value).encode())
     elif isinstance(value, types.CodeType):
@@ -199,6 +220,11 @@ def _encode(value, update, *, path: str) -> None:
         )
 
 
+def _dtype_text(dtype: np.dtype) -> str:
+    """``'<f8'``; structured dtypes with their fields (``dtype.str`` is only ``'|V16'``)."""
+    return dtype.str if dtype.fields is None else str(dtype.descr)
+
+
 def _encode_code(code: types.CodeType, update) -> None:
     _tag(update, b"K", code.co_code)
     _encode(code.co_names, update, path="code names")
@@ -214,6 +240,18 @@ def _encode_code(code: types.CodeType, update) -> None:
 
 
 def _encode_callable(func, update) -> None:
+    stack = _encoding.__dict__.setdefault("ids", [])
+    if id(func) in stack:  # a recursive function, or an object that refers to itself
+        _tag(update, b"R", str(len(stack) - stack.index(id(func))).encode())
+        return
+    stack.append(id(func))
+    try:
+        _encode_callable_once(func, update)
+    finally:
+        stack.pop()
+
+
+def _encode_callable_once(func, update) -> None:
     if isinstance(func, functools.partial):
         _tag(update, b"P")
         _encode_callable(func.func, update)
@@ -230,15 +268,35 @@ def _encode_callable(func, update) -> None:
     if isinstance(code, types.CodeType):
         _tag(update, b"U", name.encode())
         _encode_code(code, update)
-        _encode(func.__defaults__ or (), update, path=f"defaults of {name}")
-        _encode(dict(func.__kwdefaults__ or {}), update, path=f"keyword defaults of {name}")
+        # a library's function: its code and the library's version; its sentinel defaults
+        # (numpy's _NoValue) and its globals are the library's business
+        library = _library(getattr(func, "__module__", None))
+        encode = functools.partial(_encode_value_or_state, opaque=True) if library else _encode
+        encode(func.__defaults__ or (), update, path=f"defaults of {name}")
+        encode(dict(func.__kwdefaults__ or {}), update, path=f"keyword defaults of {name}")
         for cell in func.__closure__ or ():
-            _encode(cell.cell_contents, update, path=f"closure of {name}")
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a variable not assigned yet
+                _tag(update, b"n")
+                continue
+            encode(contents, update, path=f"closure of {name}")
+        if library:
+            _tag(update, b"v", library.encode())
+            return
+        namespace = getattr(func, "__globals__", {})
+        for key in sorted(set(_global_names(code)) & namespace.keys()):
+            _tag(update, b"g", key.encode())
+            _encode_global(namespace[key], update, path=f"global {key!r} of {name}")
         return
     if isinstance(func, (types.BuiltinFunctionType, np.ufunc)):  # C code: name and library version
+        owner = getattr(func, "__self__", None)
+        if owner is not None and not isinstance(owner, types.ModuleType):  # a bound method, e.g. arr.dot
+            _tag(update, b"X", f"{_class_name(type(owner))}.{func.__name__}".encode())
+            _encode_value_or_state(owner, update, path=f"owner of {func.__name__}")
+            return
         module = getattr(func, "__module__", None) or "numpy"
-        version = getattr(__import__(module.split(".")[0]), "__version__", "")
-        _tag(update, b"X", f"{module}.{func.__name__}@{version}".encode())
+        _tag(update, b"X", f"{module}.{func.__name__}@{_library(module)}".encode())
         return
     if isinstance(func, type):
         _tag(update, b"c", _class_name(func).encode())
@@ -251,15 +309,61 @@ def _encode_callable(func, update) -> None:
     _encode_object_state(func, update)
 
 
+def _global_names(code: types.CodeType):
+    """Names a code object (and the functions nested in it) may look up as globals."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _encode_global(value, update, *, path: str) -> None:
+    """A global a function uses: modules by name and version, helpers by their code, data by value.
+
+    Anything else (an open file, a logger) is identified by its class only:
+    a global has to be encodable only as far as it can be.
+    """
+    if isinstance(value, types.ModuleType):
+        _tag(update, b"u", f"{value.__name__}@{_library(value.__name__)}".encode())
+        return
+    _encode_value_or_state(value, update, path=path, opaque=True)
+
+
+def _encode_value_or_state(obj, update, *, path: str, opaque: bool = False) -> None:
+    """``obj`` by value when it has a canonical encoding, else by its class and state (or class only)."""
+    h = hashlib.sha256()
+    try:
+        _encode(obj, h.update, path=path)
+    except UnhashableParameterError:
+        if not opaque:
+            _encode_object_state(obj, update)
+            return
+        _tag(update, b"q", _class_name(type(obj)).encode())
+    else:
+        _tag(update, b"V", h.digest())
+
+
+def _library(module: str | None) -> str:
+    """``"name@version"`` of the installed package a module belongs to; ``""`` for the user's own code."""
+    top = (module or "").split(".")[0]
+    version = getattr(sys.modules.get(top), "__version__", None) if top and top != "__main__" else None
+    return f"{top}@{version}" if isinstance(version, str) else ""
+
+
 def _class_name(cls: type) -> str:
-    top = (cls.__module__ or "").split(".")[0]
-    version = getattr(__import__(top), "__version__", "") if top and top != "__main__" else ""
-    return f"{cls.__module__}.{cls.__qualname__}@{version}"
+    return f"{cls.__module__}.{cls.__qualname__}@{_library(cls.__module__)}"
 
 
 def _encode_object_state(obj, update) -> None:
-    state = getattr(obj, "__dict__", None)
-    if state is None:
+    state = dict(getattr(obj, "__dict__", None) or {})
+    for cls in type(obj).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        for slot in [slots] if isinstance(slots, str) else slots:
+            if slot.startswith("__") and not slot.endswith("__"):
+                slot = f"_{cls.__name__.lstrip('_')}{slot}"  # name mangling
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                state[slot] = getattr(obj, slot)
+    if not state and not hasattr(obj, "__dict__"):
         _tag(update, b"t", _class_name(type(obj)).encode())
     else:
-        _encode(dict(state), update, path=f"state of {type(obj).__qualname__}")
+        _encode(state, update, path=f"state of {type(obj).__qualname__}")

@@ -104,6 +104,104 @@ class H5Source:
         return block[rest]
 
 
+class FlatRows:
+    """A main dataset as flat positions ``(rows × n_extra, *core_shape)``, read a block at a time.
+
+    The engine's view of an untouched :func:`open_usid` array whose
+    dimensions are in file order (positions slowest first, then the
+    spectroscopic dimensions slowest first): then the C-order flattening
+    of the loop dimensions is the order of the file's rows, and a block of
+    positions is a run of whole or partial rows, read with one
+    ``read_direct``. Picklable (it holds an :class:`H5Source`).
+
+    Parameters
+    ----------
+    source : H5Source
+        The 2-D ``(rows, row_length)`` dataset.
+    core_shape : tuple of int
+        Shape of one spectrum as the function sees it; ``row_length`` must
+        be a multiple of its size (the rest are *extra* loop positions in a row).
+    """
+
+    def __init__(self, source: H5Source, core_shape):
+        self.source = source
+        self.core_shape = tuple(int(n) for n in core_shape)
+        core = int(np.prod(self.core_shape, dtype=np.int64))
+        n_rows, row_length = source.shape
+        if core < 1 or row_length % core:
+            raise ValueError(
+                f"a row of {row_length} values does not hold whole spectra of shape {self.core_shape}"
+            )
+        self.n_extra = row_length // core
+        self.shape = (n_rows * self.n_extra, *self.core_shape)
+        self.dtype = source.dtype
+        self.ndim = len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"FlatRows({self.source!r}, core_shape={self.core_shape})"
+
+    def __dask_tokenize__(self):
+        return (type(self).__name__, self.source.__dask_tokenize__(), self.core_shape)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Positions ``start:stop``: only the rows that hold them are read."""
+        r0, r1 = start // self.n_extra, -(-stop // self.n_extra)
+        block = self.source.read_rows(r0, r1).reshape((-1, *self.core_shape))
+        offset = start - r0 * self.n_extra
+        if offset == 0 and block.shape[0] == stop - start:
+            return block
+        return block[offset : offset + stop - start].copy()  # do not hold the rest of the rows
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first = key[0] if key else slice(None)
+        if not isinstance(first, slice) or first.step not in (None, 1):
+            raise TypeError(f"FlatRows reads runs of positions, got {first!r}")
+        start, stop, _ = first.indices(self.shape[0])
+        block = self.read(start, max(start, stop))
+        rest = key[1:]
+        return block[(slice(None), *rest)] if rest else block
+
+
+def flat_rows(data: xr.DataArray, n_core_dims: int) -> FlatRows | None:
+    """Direct block reads for ``data``, if it is an untouched :func:`open_usid` array in file order.
+
+    ``data`` must hold the values of a main dataset exactly as
+    :func:`open_usid` opened them in this process (possibly transposed
+    once, as the engine does), with its dimensions ordered as the file's
+    rows are: position dimensions slowest first, then spectroscopic
+    dimensions slowest first, the last ``n_core_dims`` of them being the
+    function's core dimensions. Anything else (sliced, computed,
+    re-chunked, another backend, another order) returns None: the caller
+    then reads through dask.
+    """
+    arr = data.data
+    if not isinstance(arr, da.Array):
+        return None
+    roots = [name for name in arr.dask.layers if name in _OPENED]
+    if len(roots) != 1:
+        return None
+    opened, layout, path = _OPENED[roots[0]]
+    pos, spec = layout.pos, layout.spec
+    file_order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
+    if tuple(data.dims) != file_order or set(file_order) != set(layout.dims):
+        return None
+    if xr.DataArray(opened, dims=layout.dims).transpose(*data.dims).data.name != arr.name:
+        return None  # not the opened values, or not one plain transposition of them
+    source = H5Source(path, layout.path, (layout.shape[0],), (layout.shape[1],), layout.dtype)
+    core_shape = tuple(data.shape[len(data.shape) - n_core_dims :]) if n_core_dims else ()
+    try:
+        return FlatRows(source, core_shape)
+    except ValueError:
+        return None
+
+
+#: arrays source_array built in this process, by the name of their reading layer: (array, layout, path)
+_OPENED: dict[str, tuple[da.Array, Layout, str]] = {}
+#: how many of them to remember (oldest forgotten first)
+_OPENED_MAX = 256
+
+
 def positions_per_chunk(layout: Layout, chunk_bytes: int) -> int:
     """How many steps of the slowest position dimension (longer than 1) fit in ``chunk_bytes``."""
     pos_sorted = _chunked_pos_shape(layout)
@@ -128,6 +226,7 @@ def source_array(
         chunk_bytes = parse_bytes(chunk_bytes or dask.config.get("array.chunk-size"))
         steps = positions_per_chunk(layout, chunk_bytes)
     chunks = (int(steps),) + source.shape[1:]
+    read_name = "usid-" + dask.base.tokenize(source, chunks)
     arr = da.from_array(
         source,
         chunks=chunks,
@@ -135,7 +234,7 @@ def source_array(
         asarray=True,
         inline_array=True,
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
-        name="usid-" + dask.base.tokenize(source, chunks),
+        name=read_name,
     )
     if len(pos_sorted) < len(pos.sorted_shape):  # restore the leading dimensions of size 1
         arr = arr[(None,) * (len(pos.sorted_shape) - len(pos_sorted))]
@@ -144,6 +243,10 @@ def source_array(
     file_order = _inverse(pos.sort_order) + tuple(n_pos + i for i in _inverse(spec.sort_order))
     if file_order != tuple(range(arr.ndim)):
         arr = arr.transpose(file_order)
+    _OPENED.pop(read_name, None)
+    _OPENED[read_name] = (arr, layout, source.path)  # lets the engine read its blocks directly
+    while len(_OPENED) > _OPENED_MAX:
+        _OPENED.pop(next(iter(_OPENED)))
     return arr
 
 

@@ -125,11 +125,22 @@ def shutdown() -> None:
         _pool.clear()
 
 
+def _client_threads(client) -> int:
+    """Worker threads of a user's cluster (the machine's default when no worker has joined yet)."""
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:
+        threads = 0
+    return threads or default_cores()
+
+
 def choose_executor(
     *, vectorized: bool, estimated_seconds: float, cores: int | None, client
 ) -> tuple[Executor, str]:
     """Pick the executor and the scheduler to recommend; explain the choice in the second item."""
-    cores = default_cores() if cores is None else int(cores)
+    if cores is None:
+        cores = default_cores() if client is None else _client_threads(client)
+    cores = int(cores)
     if cores < 1:
         raise ValueError(f"cores must be at least 1, got {cores}")
     if client is not None:

@@ -21,6 +21,10 @@ BudgetLike = int | float | str | None
 DEFAULT_BUDGET_SHARE = 0.25
 #: keep at least this many blocks per parallel worker, for balance and progress
 BLOCKS_PER_WORKER = 4
+#: default blocks read at most this many input bytes: larger ones only lose time (measured in
+#: benchmarks/throughput.py: a vectorised NumPy function over a 2 GiB file ran ~2× slower with
+#: 280 MiB blocks than with 8–32 MiB ones: fresh memory for every block, and no cache reuse)
+MAX_BLOCK_INPUT_BYTES = 32 * 2**20
 
 
 def parse_budget(budget: BudgetLike) -> int:
@@ -133,6 +137,8 @@ def plan_blocks(
         Force a block size (still checked against the budget).
     workers : int
         Parallel workers; blocks are kept small enough that each gets several.
+        Without ``positions_per_block``, a block also reads at most
+        ``MAX_BLOCK_INPUT_BYTES`` (32 MiB).
 
     Raises
     ------
@@ -160,7 +166,8 @@ def plan_blocks(
         positions_per_block = min(int(positions_per_block), n_positions)
     if positions_per_block is None:
         balanced = math.ceil(n_positions / (BLOCKS_PER_WORKER * max(1, workers)))
-        positions_per_block = max(1, min(fits, balanced))
+        largest = MAX_BLOCK_INPUT_BYTES // max(1, input_bytes_per_position)
+        positions_per_block = max(1, min(fits, balanced, largest))
     elif positions_per_block > fits:
         raise BudgetError(
             f"{positions_per_block} positions per block need "

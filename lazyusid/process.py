@@ -58,6 +58,9 @@ class Process:
         Memory budget in MiB (default: a quarter of the available memory).
     mem_multiplier : float
         Working memory of the function per spectrum, in spectra.
+    lazy : bool
+        Accepted for pyUSID compatibility (same position in the argument
+        list) and ignored: lazyusid always reads lazily.
     h5_target_group : h5py.Group, str, optional
         Where results go (default: next to ``h5_main`` in its file). An
         h5py group, another HDF5 file path, or a ``.zarr`` path.
@@ -72,6 +75,8 @@ class Process:
         is an h5py dataset, else paths.
     partial_groups : list
         Interrupted results of this computation, resumable.
+    duplicate_h5_groups, partial_h5_groups : list
+        pyUSID's names for the two lists above.
     result : xarray.DataArray or xarray.Dataset or None
         The stored result after :meth:`compute`, opened lazily.
     """
@@ -89,6 +94,7 @@ class Process:
         cores: int | None = None,
         max_mem_mb: float | None = None,
         mem_multiplier: float = 1.0,
+        lazy: bool = False,
         h5_target_group=None,
         verbose: bool = False,
         *,
@@ -150,6 +156,16 @@ class Process:
             f"<{type(self).__name__} {self.process_name!r} on {self.data.attrs.get('usid_dataset', self.data.name)!r}: "
             f"{len(self.duplicate_groups)} complete, {len(self.partial_groups)} partial results stored>"
         )
+
+    @property
+    def duplicate_h5_groups(self) -> list:
+        """pyUSID's name for :attr:`duplicate_groups`."""
+        return self.duplicate_groups
+
+    @property
+    def partial_h5_groups(self) -> list:
+        """pyUSID's name for :attr:`partial_groups`."""
+        return self.partial_groups
 
     def _function(self) -> tuple[Callable, bool]:
         cls = type(self)

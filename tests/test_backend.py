@@ -99,3 +99,15 @@ def test_engine_is_not_guessed(usid_file):
     assert not USIDBackendEntrypoint().guess_can_open(usid_file.path)
     with h5py.File(usid_file.path) as f:
         assert f[usid_file.dataset].shape == (384, 9)
+
+
+def test_results_that_clash_are_left_out_with_a_warning(tmp_path):
+    import lazyusid
+
+    path = tmp_path / "scan.h5"
+    lazyusid.datasets.make_be_pfm(path, n_x=5, n_y=4, n_freq=7)
+    data = lazyusid.open_usid(path)
+    lazyusid.map_spectra(data.isel(X=slice(1, 3)), lambda s: np.abs(s).max(), store=path, cores=1)
+    with pytest.warns(UserWarning, match=r"left out results \['lambda'\].*clash"):
+        ds = xr.open_dataset(path, engine="usid", chunks={})
+    assert list(ds.data_vars) == ["Raw_Data"]

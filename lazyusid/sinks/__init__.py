@@ -83,13 +83,16 @@ def store_map(
     else:
         with sink.writing():
             found = sink.find(token, resume)  # again, now that no one else can write
-            partial = next((f for f in reversed(found) if not f.complete), None) if not override else None
-            done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
-            name = sink.name
-            ranges = todo_ranges(done, shape.rows_per_block)
-            computed = sum(b - a for a, b in ranges)
-            key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
-            stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
+            if found and found[-1].complete and not override:  # finished by another process meanwhile
+                name = found[-1].name
+            else:
+                partial = next((f for f in reversed(found) if not f.complete), None) if not override else None
+                done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
+                name = sink.name
+                ranges = todo_ranges(done, shape.rows_per_block)
+                computed = sum(b - a for a, b in ranges)
+                key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
+                stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
     out = _as_xarray(sink, name, shape, smap, token, result_dims)
     out.attrs["usid_rows_computed"] = computed
     return out
@@ -208,6 +211,13 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
 
     The file path counts unless results go into the source file itself, so
     two scans of the same layout mapped into one results file stay apart.
+    Dataset, shape and coordinates identify the input only when it is the
+    source dataset or a selection of it (``isel``, ``sel``, ``transpose``,
+    ``chunk``) with a coordinate along every dimension. xarray keeps the
+    ``usid_*`` attributes through arithmetic, so an input computed from the
+    source (``data * 2``, ``abs(data)``) also counts its dask graph's name,
+    and in-memory values count by digest: such inputs never pass for the
+    source itself.
     """
     coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
     source = {
@@ -217,13 +227,46 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
         "core_dims": [str(d) for d in core_dims],
         "coords_sha256": digest(coords),
     }
+    arr = data.data
     if "usid_dataset" in data.attrs:
         source["dataset"] = data.attrs["usid_dataset"]
         source["file"] = None if in_file else os.path.abspath(data.attrs["usid_file"])
+        if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
+            source["data"] = digest(np.asarray(arr))
+        elif not _selects_source(data):
+            source["graph"] = arr.name
     else:  # not from a file: identify the values themselves
-        arr = data.data
         source["data"] = arr.name if hasattr(arr, "dask") else digest(np.asarray(arr))
     return source
+
+
+#: dask layers that select or rearrange values without changing them
+_SELECTION_LAYERS = ("getitem-", "transpose-", "rechunk-")
+#: dask layers of xarray's own read of a backend variable (``xr.open_dataset(..., chunks={})``)
+_BACKEND_LAYERS = ("original-open_dataset-", "open_dataset-")
+
+
+def _selects_source(data: xr.DataArray) -> bool:
+    """Whether ``data`` is the lazily read source dataset, or a selection of it that its coordinates name.
+
+    The read is :func:`lazyusid.open_usid`'s (a ``usid-`` layer), or
+    xarray's read of a variable of lazyusid's backend: that one is trusted
+    only when the variable's encoding carries ``usid_source``
+    (``"<file>:<dataset>"``), which selections keep and computations drop,
+    and which is never written to netCDF or zarr.
+    """
+    layers = list(data.data.dask.layers)
+    reads = [name for name in layers if not name.startswith(_SELECTION_LAYERS)]
+    marker = f"{data.attrs.get('usid_file')}:{data.attrs.get('usid_dataset')}"
+    by_backend = data.encoding.get("usid_source") == marker and all(
+        name.startswith(_BACKEND_LAYERS) for name in reads
+    )
+    if not (len(reads) == 1 and reads[0].startswith("usid-")) and not (by_backend and len(reads) <= 2):
+        return False
+    if len(reads) == len(layers):  # nothing selected
+        return True
+    located = {d for v in data.coords.values() if v.dtype.kind in "biufcmM" for d in v.dims}
+    return all(d in located for d in data.dims)
 
 
 def _tool_name(name: str) -> str:

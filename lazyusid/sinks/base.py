@@ -15,7 +15,6 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import dask
 import numpy as np
 import xarray as xr
 
@@ -142,14 +141,14 @@ def stream(
     """
     if not ranges:
         return
-    flat = smap.flat_input()
+    read = smap.block_reader()  # exactly the rows of a block, not the source's larger chunks
     function, executor = smap.function, smap.executor
     io_lock = threading.Lock()  # one HDF5 access at a time in this process: reads here, writes in `write`
 
     def job(r0: int, r1: int):
         a, b = r0 * n_extra, r1 * n_extra
-        with io_lock, dask.config.set(scheduler="sync"):
-            block = np.asarray(flat[a:b].compute())
+        with io_lock:
+            block = read(a, b)
         outs = executor.run(
             function.evaluate, block, first=a, loop_shape=smap.loop_shape, loop_dims=smap.loop_dims
         )

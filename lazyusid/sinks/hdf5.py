@@ -5,7 +5,9 @@ One writer (the process that runs the computation) holds the file open
 block is written as: data, flush, flags and ``last_pixel``, flush
 (DESIGN.md, decision 6). A new file is built under a temporary name and
 linked into place only once its skeleton is flushed, so a kill never leaves
-an unreadable target.
+an unreadable target; a new results group likewise is built as
+``_lazyusid_building`` and moved to its name once whole, so a kill never
+leaves a group that lazyusid or pyUSID would take for a partial result.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import errno
 import glob
 import os
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import dask
@@ -47,6 +49,8 @@ RESERVED_ATTRS = {
 #: largest chunk of a result dataset
 _CHUNK_BYTES = 4 * 2**20
 _NEW_FILE_SUFFIX = ".lazyusid-partial"
+#: a results group while it is built; moved to its ``<Main>-<Tool>_NNN`` name only once whole
+_BUILDING = "_lazyusid_building"
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class HDF5Sink:
     def writing(self):
         """Hold the file open for writing (and so locked) while the block runs."""
         _check_writable(self.path, self.in_file)
+        _remove_stale_new_files(self.path)
         if not os.path.exists(self.path):
             self._create_file()
         with _opened(self.path, "r+") as f:
@@ -162,10 +167,6 @@ class HDF5Sink:
                 self._file = self._group = None
 
     def _create_file(self) -> None:
-        for stale in glob.glob(glob.escape(self.path) + ".*" + _NEW_FILE_SUFFIX):
-            pid = stale[len(self.path) + 1 : -len(_NEW_FILE_SUFFIX)]
-            if pid.isdigit() and not _alive(int(pid)):
-                os.remove(stale)  # left by a killed run before it linked its file into place
         tmp = f"{self.path}.{os.getpid()}{_NEW_FILE_SUFFIX}"
         with h5py.File(tmp, "w") as f:
             f.require_group(self.group)
@@ -198,10 +199,12 @@ class HDF5Sink:
     def _create_group(self, token, identity, params) -> h5py.Group:
         f = self._file
         parent = f.require_group(self.group)
+        if _BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
+            del parent[_BUILDING]
         prefix = results_prefix(self.base, self.tool)
         taken = [int(m.group(1)) for k in parent if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", k))]
         name = f"{prefix}{max(taken, default=-1) + 1:03d}"
-        grp = parent.create_group(name)
+        grp = parent.create_group(_BUILDING)
         shape = self.shape
 
         source = None
@@ -254,9 +257,11 @@ class HDF5Sink:
         grp.attrs["lazyusid_format_version"] = identity["format_version"]
         grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0)
         grp.attrs["last_pixel"] = 0
-        grp.attrs["lazyusid_token"] = token  # last: a group is found only once it is whole
+        grp.attrs["lazyusid_token"] = token
         f.flush()
-        return grp
+        parent.move(_BUILDING, name)  # a kill before this leaves no group that pyUSID or lazyusid would find
+        f.flush()
+        return parent[name]
 
     def _problems(self, grp: h5py.Group) -> list[str]:
         problems = []
@@ -351,6 +356,20 @@ def _plain(value):
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _remove_stale_new_files(path: str) -> None:
+    """Remove the temporary files of new targets whose creating process is dead.
+
+    A run killed before it linked its new file into place leaves the only
+    copy; one killed between linking and removing leaves a second name of
+    the target itself. Either way nothing else refers to it.
+    """
+    for stale in glob.glob(glob.escape(path) + ".*" + _NEW_FILE_SUFFIX):
+        pid = stale[len(path) + 1 : -len(_NEW_FILE_SUFFIX)]
+        if pid.isdigit() and not _alive(int(pid)):
+            with suppress(FileNotFoundError):  # another process removed it first
+                os.remove(stale)
 
 
 def _alive(pid: int) -> bool:

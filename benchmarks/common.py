@@ -1,0 +1,228 @@
+"""What every benchmark shares: result rows, repeated timings, process-tree memory, test files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+#: the BE-PFM main dataset every generated file holds
+MAIN = "/Measurement_000/Channel_000/Raw_Data"
+#: bytes of one 119-point complex64 spectrum
+SPECTRUM_BYTES = 119 * 8
+
+
+@dataclass
+class Row:
+    """One line of the results table: a measured value next to its target.
+
+    ``passed`` is None for rows that only inform (no target).
+    """
+
+    benchmark: str
+    measure: str
+    value: str
+    target: str = ""
+    passed: bool | None = None
+    detail: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+
+@dataclass
+class Config:
+    """Sizes and repeats of one mode (quick or full)."""
+
+    mode: str
+    workdir: str
+    peaks_shape: tuple[int, int]  # (n_y, n_x) of the peak-finder file
+    peaks_repeats: int
+    peaks_cold: bool  # also time everything in fresh processes
+    peaks_scaling: tuple[tuple[int, int], ...]
+    vector_shape: tuple[int, int]
+    vector_repeats: int
+    vector_scaling: tuple[tuple[int, int], ...]
+    memory_budget: str
+    memory_shape: tuple[int, int]
+    checkpoint_shape: tuple[int, int]
+    checkpoint_repeats: int
+    groups_shape: tuple[int, int] = (64, 64)
+    n_groups: int = 50
+    notes: list[str] = field(default_factory=list)
+
+
+def quick_config(workdir: str) -> Config:
+    return Config(
+        mode="quick",
+        workdir=workdir,
+        peaks_shape=(64, 64),
+        peaks_repeats=2,
+        peaks_cold=False,
+        peaks_scaling=((24, 24), (48, 48), (96, 96)),  # below ~1 s of work lazyusid runs in-process
+        vector_shape=(512, 512),  # 238 MiB
+        vector_repeats=5,
+        vector_scaling=((128, 128), (256, 256), (512, 512)),
+        memory_budget="24MiB",
+        memory_shape=(512, 512),  # 238 MiB: 9.9x the budget
+        checkpoint_shape=(512, 512),
+        checkpoint_repeats=11,
+    )
+
+
+def full_config(workdir: str) -> Config:
+    return Config(
+        mode="full",
+        workdir=workdir,
+        peaks_shape=(128, 128),
+        peaks_repeats=3,
+        peaks_cold=True,
+        peaks_scaling=((32, 32), (64, 64), (128, 128)),
+        vector_shape=(1536, 1536),  # 2.09 GiB
+        vector_repeats=5,
+        vector_scaling=((384, 384), (768, 768), (1536, 1536)),
+        memory_budget="256MiB",
+        memory_shape=(1536, 1536),  # 8.4x the budget
+        checkpoint_shape=(1536, 1536),
+        checkpoint_repeats=7,
+    )
+
+
+def tiny_config(workdir: str) -> Config:
+    """Seconds-long sizes for the smoke tests (``tests/test_benchmarks.py``): runs, not timings."""
+    return Config(
+        mode="tiny",
+        workdir=workdir,
+        peaks_shape=(8, 8),
+        peaks_repeats=1,
+        peaks_cold=True,
+        peaks_scaling=((4, 4), (8, 8), (16, 16)),
+        vector_shape=(32, 32),
+        vector_repeats=1,
+        vector_scaling=((8, 8), (16, 16), (32, 32)),
+        memory_budget="64KiB",
+        memory_shape=(32, 32),
+        checkpoint_shape=(32, 32),
+        checkpoint_repeats=1,
+        groups_shape=(8, 8),
+        n_groups=5,
+    )
+
+
+def be_file(cfg: Config, shape: tuple[int, int]) -> str:
+    """A synthetic BE-PFM file of ``shape`` = (n_y, n_x) in the work directory, generated once."""
+    from lazyusid.datasets import make_be_pfm
+
+    n_y, n_x = shape
+    path = os.path.join(cfg.workdir, f"be_{n_y}x{n_x}.h5")
+    if not os.path.exists(path):
+        make_be_pfm(path, n_x=n_x, n_y=n_y)
+    return path
+
+
+def fresh_copy(src: str, name: str, cfg: Config) -> str:
+    """An identical copy of ``src`` (no results groups yet) under ``name`` in the work directory."""
+    dst = os.path.join(cfg.workdir, name)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def warm(path: str) -> None:
+    """Read a file once so that the page cache holds it (every contender then reads it warm)."""
+    with open(path, "rb") as f:
+        while f.read(64 * 2**20):
+            pass
+
+
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt_s(values: list[float]) -> str:
+    """Median time and its spread, e.g. ``15.2 s (14.9–16.0, n=3)``."""
+    med, lo, hi = median_spread(values)
+    if len(values) == 1:
+        return f"{med:.3g} s"
+    return f"{med:.3g} s ({lo:.3g}–{hi:.3g}, n={len(values)})"
+
+
+def fmt_ratio(values: list[float]) -> str:
+    med, lo, hi = median_spread(values)
+    if len(values) == 1:
+        return f"{med:.2f}×"
+    return f"{med:.2f}× ({lo:.2f}–{hi:.2f})"
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    tic = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - tic, out
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of a process and all its descendants."""
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class TreeSampler:
+    """Sample the summed RSS of a process tree every ``interval_s`` in a thread; keep the peak."""
+
+    def __init__(self, pid: int, interval_s: float = 0.01):
+        self.proc = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, tree_rss(self.proc))
+                self.samples += 1
+            except psutil.NoSuchProcess:
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_python(code: str, *args: str, timeout_s: float = 1800) -> tuple[float, str]:
+    """Run ``code`` in a fresh interpreter; return (wall seconds including start-up, stdout)."""
+    tic = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    seconds = time.perf_counter() - tic
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return "n/a"

@@ -1,0 +1,148 @@
+"""Benchmark 2 (and the second half of 5): a vectorised block function against plain h5py reading.
+
+``abs(block).max(axis=-1)`` mapped with ``vectorized=True`` (threads) over
+a large synthetic file, results stored in the source file, against the
+same dataset read with plain h5py in large row blocks (64 MiB), both from
+a warm page cache, interleaved. h5py is timed two ways (``d[a:b]`` and
+``read_direct`` into one reused buffer); the faster is the baseline.
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+import lazyusid
+
+from .common import MAIN, Config, Row, be_file, fmt_ratio, fmt_s, fresh_copy, median_spread, timed, warm
+from .functions import abs_max_block
+
+#: rows read at once by the h5py baseline
+READ_BYTES = 64 * 2**20
+
+
+def h5py_read(path: str, direct: bool) -> float:
+    """Seconds to read the whole main dataset in 64 MiB row blocks."""
+
+    def read():
+        with h5py.File(path, "r") as f:
+            dset = f[MAIN]
+            step = max(1, READ_BYTES // (dset.shape[1] * dset.dtype.itemsize))
+            buf = np.empty((step, dset.shape[1]), dtype=dset.dtype)
+            for a in range(0, dset.shape[0], step):
+                b = min(a + step, dset.shape[0])
+                if direct:
+                    dset.read_direct(buf, np.s_[a:b], np.s_[0 : b - a])
+                else:
+                    dset[a:b]
+
+    return timed(read)[0]
+
+
+def lazy_map(path: str, **kwargs) -> tuple[float, int]:
+    """Seconds to map the block function into a new results group of ``path``; and the number of blocks."""
+    data = lazyusid.open_usid(path)
+    seconds, _ = timed(
+        lambda: lazyusid.map_spectra(
+            data, abs_max_block, vectorized=True, store=path, override=True, progress=False, **kwargs
+        )
+    )
+    return seconds, lazyusid.plan_spectra(data, abs_max_block, vectorized=True, **kwargs).n_blocks
+
+
+def check(path: str) -> bool:
+    """The last stored result equals NumPy on the file's data (read in blocks)."""
+    result = lazyusid.map_spectra(
+        lazyusid.open_usid(path), abs_max_block, vectorized=True, store=path, progress=False
+    )
+    got = np.asarray(result.values).reshape(-1)
+    with h5py.File(path, "r") as f:
+        dset = f[MAIN]
+        step = 65536
+        return all(
+            np.array_equal(got[a : a + step], np.abs(dset[a : a + step]).max(axis=-1))
+            for a in range(0, dset.shape[0], step)
+        )
+
+
+def run(cfg: Config, log) -> list[Row]:
+    path = fresh_copy(be_file(cfg, cfg.vector_shape), "vector.h5", cfg)  # results go into this copy
+    n_y, n_x = cfg.vector_shape
+    nbytes = n_y * n_x * 119 * 8
+    warm(path)
+    lazy_map(path)  # first run: page cache, imports, thread pools
+    plain, direct, lazy, ratio = [], [], [], []
+    blocks = 0
+    for rep in range(cfg.vector_repeats):
+        t_plain = h5py_read(path, direct=False)
+        t_direct = h5py_read(path, direct=True)
+        t_lazy, blocks = lazy_map(path)
+        plain.append(t_plain)
+        direct.append(t_direct)
+        lazy.append(t_lazy)
+        ratio.append(min(t_plain, t_direct) / t_lazy)
+        log(
+            f"  vectorised rep {rep + 1}: h5py d[a:b] {t_plain:.3f} s, read_direct {t_direct:.3f} s, lazyusid {t_lazy:.3f} s"
+        )
+    correct = check(path)
+    os.remove(path)
+    gbs = lambda ts: f"{nbytes / median_spread(ts)[0] / 1e9:.2f} GB/s"  # noqa: E731
+    name = f"2 vectorised abs-max {n_y}×{n_x}×119 ({nbytes / 2**30:.2f} GiB)"
+    rows = [
+        Row(
+            name,
+            "lazyusid throughput / plain h5py row-block read",
+            fmt_ratio(ratio),
+            "≥ 70%",
+            median_spread(ratio)[0] >= 0.70,
+            f"lazyusid {fmt_s(lazy)} = {gbs(lazy)} ({blocks} blocks, results stored); h5py d[a:b] {fmt_s(plain)} = "
+            f"{gbs(plain)}; read_direct {fmt_s(direct)} = {gbs(direct)}; the faster h5py is the baseline",
+        ),
+        Row(name, "stored results equal NumPy", "yes" if correct else "NO", "equal", correct),
+    ]
+
+    return rows + scaling(cfg, log)
+
+
+def scaling(cfg: Config, log) -> list[Row]:
+    """5: lazyusid's time at 1×, 4×, 16× the positions (best of 3); fixed cost per call and cost per block."""
+    rows = []
+    sizes, times = [], []
+    for shape in cfg.vector_scaling:
+        p = fresh_copy(be_file(cfg, shape), "vector_scaling.h5", cfg)
+        warm(p)
+        lazy_map(p)
+        t, b = min((lazy_map(p) for _ in range(3)), key=lambda x: x[0])
+        r = min(min(h5py_read(p, False), h5py_read(p, True)) for _ in range(3))
+        size = shape[0] * shape[1]
+        sizes.append(size)
+        times.append(t)
+        rows.append(
+            Row(
+                "5 scaling: vectorised",
+                f"{size // sizes[0]}× ({size} positions)",
+                f"{t:.3g} s",
+                detail=f"{size * 952 / t / 1e9:.2f} GB/s ({100 * r / t:.0f}% of h5py); {b} blocks (best of 3)",
+            )
+        )
+        log(f"  vectorised scaling {size}: {t:.3f} s, {b} blocks")
+    ppb = lazyusid.plan_spectra(lazyusid.open_usid(p), abs_max_block, vectorized=True).positions_per_block
+    t_many, many = min(
+        (lazy_map(p, positions_per_block=max(1, ppb // 4)) for _ in range(3)), key=lambda x: x[0]
+    )
+    per_block = (t_many - times[-1]) / (many - b)
+    os.remove(p)
+    fit_a, fit_b = np.polyfit(sizes, times, 1)[::-1]
+    linear = (times[-1] / times[0]) / (sizes[-1] / sizes[0])
+    rows.append(
+        Row(
+            "5 scaling: vectorised",
+            f"time({sizes[-1] // sizes[0]}×) / ({sizes[-1] // sizes[0]} × time(1×))",
+            f"{linear:.2f}",
+            detail=f"linear fit t = {1e3 * fit_a:.0f} ms + {1e9 * fit_b:.0f} ns × positions (1.00 = linear); one more "
+            f"block costs {1e3 * per_block:+.2f} ms ({b} → {many} blocks: {times[-1]:.3f} → {t_many:.3f} s)",
+        )
+    )
+    return rows

@@ -1,0 +1,96 @@
+"""Smoke versions of the benchmark suite (``python -m benchmarks``): each runs, and its results are right.
+
+Timings are not asserted (tiny files, shared machines); the rows that check
+results (identical to pyUSID, equal to NumPy, only the missing half
+computed) must pass, and every benchmark must produce its rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyUSID")
+psutil = pytest.importorskip("psutil")
+
+from benchmarks import checkpoint, memory, peaks, throughput  # noqa: E402
+from benchmarks.common import tiny_config  # noqa: E402
+from benchmarks.run import table, text_table, write_markdown  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return tiny_config(str(tmp_path_factory.mktemp("bench")))
+
+
+def _rows(run, cfg):
+    log: list[str] = []
+    rows = run(cfg, log.append)
+    assert rows and log
+    return {r.measure: r for r in rows}
+
+
+def test_peak_finder_matches_pyusid_and_serial(cfg):
+    rows = _rows(peaks.run, cfg)
+    assert rows["results identical to pyUSID"].passed
+    assert "results equal: True" in rows["lazyusid (2 processes) vs serial loop"].detail
+    assert "lazyusid vs pyUSID, each in a fresh process" in rows
+    assert any(m.startswith("16×") for m in rows)  # the scaling curve
+
+
+def test_vectorised_results_equal_numpy(cfg):
+    rows = _rows(throughput.run, cfg)
+    assert rows["stored results equal NumPy"].passed
+    assert "lazyusid throughput / plain h5py row-block read" in rows
+
+
+def test_memory_is_sampled_over_the_process_tree(cfg):
+    rows = list(_rows(memory.run, cfg).values())
+    assert len(rows) == 2
+    for row in rows:
+        assert "baseline" in row.detail and row.passed is not None
+
+
+def test_checkpoint_cost_complete_and_resume(cfg):
+    rows = _rows(checkpoint.run, cfg)
+    complete = next(r for m, r in rows.items() if m.startswith("return a complete result"))
+    assert "positions computed: 0 " in complete.detail and "values right: True" in complete.detail
+    resume = rows["resume a half-done run: time / whole run"]
+    assert "values equal to the whole run: True" in resume.detail
+    n = cfg.checkpoint_shape[0] * cfg.checkpoint_shape[1]
+    assert f"positions computed [{n - n // 2}] of {n}" in resume.detail
+
+
+def test_no_checkpoint_sink_writes_data_only(cfg, tmp_path):
+    import h5py
+
+    import lazyusid
+    from benchmarks.common import be_file, fresh_copy
+    from benchmarks.functions import abs_max_block
+
+    path = fresh_copy(be_file(cfg, (8, 8)), "nocp.h5", cfg)
+    with checkpoint.without_checkpoints():
+        result = lazyusid.map_spectra(
+            lazyusid.open_usid(path),
+            abs_max_block,
+            vectorized=True,
+            store=path,
+            override=True,
+            progress=False,
+        )
+    with h5py.File(path, "r") as f:
+        data = f["/Measurement_000/Channel_000/Raw_Data"][()]
+        group = f[result.attrs["usid_store"].rsplit(":", 1)[-1]]
+        assert not group["completed_positions"][()].any() and group.attrs["last_pixel"] == 0
+    np.testing.assert_array_equal(np.asarray(result.values).ravel(), np.abs(data).max(axis=-1))
+
+
+def test_report_is_written(cfg, tmp_path):
+    from benchmarks.common import Row
+
+    rows = [Row("1 x", "ratio", "2.00×", "≥ 1.8×", True, "detail"), Row("5 y", "1×", "1 s")]
+    out = tmp_path / "benchmarks.md"
+    write_markdown(str(out), cfg, rows, "python -m benchmarks --quick", "today", 60.0, ["1.0", "1.0"])
+    text = out.read_text()
+    assert "**PASS**" in text and "python -m benchmarks --quick" in text and "Versions:" in text
+    assert "[PASS]" in text_table(rows) and table(rows).count("\n") == 4

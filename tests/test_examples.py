@@ -1,0 +1,217 @@
+"""The example scripts run end to end on a small size, and their numbers are right.
+
+Each script runs as a user runs it, in a subprocess
+(``python examples/X.py --size 8x6 --out DIR``). Its results are then read
+back with h5py from the file it wrote and checked against references: plain
+NumPy loops of the same function over the raw spectra, or the generator's
+ground truth. The scripts' functions are imported from the files without
+running them (all their work is under ``if __name__ == "__main__":``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+import lazyusid
+from lazyusid.datasets import MAIN_DATASET, load_ground_truth, sho_response
+from lazyusid.tutorial import PEAK_WIDTHS, peak_amplitude
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+N_X, N_Y = 8, 6
+SCRIPTS = ("peak_finding.py", "sho_fit.py", "dimension_juggling.py", "cluster.py")
+CHANNEL = MAIN_DATASET.rsplit("/", 1)[0]
+
+
+def run_example(script: str, out: Path, *args: str) -> str:
+    """Run ``examples/<script>`` on the small size; return its standard output."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--size", f"{N_X}x{N_Y}", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{script} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def load_example(script: str):
+    """Import an example as a module (runs nothing: its work is under the main guard)."""
+    spec = importlib.util.spec_from_file_location(f"example_{Path(script).stem}", EXAMPLES / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_pngs(out: Path, *names: str) -> None:
+    for name in names:
+        png = out / name
+        assert png.is_file(), f"{png} was not written"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, f"{png} is no plot"
+
+
+def raw_spectra(path: Path) -> np.ndarray:
+    """The source main dataset as written, ``(positions, spectral)``, read without lazyusid."""
+    with h5py.File(path, "r") as f:
+        return f[MAIN_DATASET][()]
+
+
+def stored(path: Path, group: str, name: str) -> np.ndarray:
+    """One output of a complete results group next to the source, ``(positions, columns)``."""
+    with h5py.File(path, "r") as f:
+        grp = f[f"{CHANNEL}/{group}"]
+        assert grp["completed_positions"][()].all(), f"{grp.name} is not complete"
+        return grp[name][()]
+
+
+def results_groups(path: Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return sorted(k for k in f[CHANNEL] if isinstance(f[CHANNEL][k], h5py.Group))
+
+
+def peak_reference(path: Path) -> np.ndarray:
+    """The tutorial's peak finder in a plain loop over the file: ``(N_Y, N_X)``."""
+    return np.array([peak_amplitude(s, PEAK_WIDTHS) for s in raw_spectra(path)]).reshape(N_Y, N_X)
+
+
+def test_peak_finding_accessor_and_process_give_the_plain_loop_result(tmp_path):
+    out = run_example("peak_finding.py", tmp_path)
+    assert_pngs(tmp_path, "tested_spectrum.png", "peak_amplitude.png")
+    path = tmp_path / "be_pfm.h5"
+    reference = peak_reference(path)
+
+    accessor = stored(path, "Raw_Data-peak_amplitude_000", "peak_amplitude")
+    np.testing.assert_array_equal(accessor.reshape(N_Y, N_X), reference)
+    process = stored(path, "Raw_Data-Peak_Finding_000", "Peak_Response")
+    assert process.dtype == np.float32  # PeakFinder declares outputs = {"Peak_Response": "float32"}
+    np.testing.assert_array_equal(process.reshape(N_Y, N_X), reference.astype(np.float32))
+
+    assert f"computed {N_X * N_Y} spectra" in out
+    assert (
+        "a new PeakFinder finds duplicate_groups=['/Measurement_000/Channel_000/Raw_Data-Peak_Finding_000']"
+        in out
+    )
+    assert "its compute(): found the stored result" in out
+    assert "maps agree: True" in out
+
+    groups = results_groups(path)
+    again = run_example("peak_finding.py", tmp_path)  # a rerun computes nothing and adds no group
+    assert "computed" not in again
+    assert "accessor: found the stored result" in again
+    assert results_groups(path) == groups == ["Raw_Data-Peak_Finding_000", "Raw_Data-peak_amplitude_000"]
+
+
+@pytest.mark.parametrize(
+    ("amplitude", "frequency", "quality_factor", "phase"),
+    [
+        (4e-3, 325e3, 150.0, 0.3),
+        (2e-3, 315.2e3, 60.0, -3.0),  # low Q, near the lower end of the resonance range, phase near −π
+        (6e-3, 334.8e3, 250.0, 3.1),  # high Q (about 3 bins wide), phase near +π
+    ],
+)
+def test_sho_fit_recovers_exact_parameters_from_noise_free_spectra(
+    amplitude, frequency, quality_factor, phase
+):
+    example = load_example("sho_fit.py")
+    freqs = np.linspace(300e3, 350e3, 119)
+    spectrum = sho_response(freqs, amplitude, frequency, quality_factor, phase)
+    np.testing.assert_allclose(
+        example.sho_model(freqs, amplitude, frequency, quality_factor, phase), spectrum, rtol=1e-12
+    )
+    fit = example.fit_sho(spectrum.astype(np.complex64), freqs)
+    np.testing.assert_allclose(
+        [fit["amplitude"], fit["frequency"], fit["quality_factor"]],
+        [amplitude, frequency, quality_factor],
+        rtol=1e-5,  # the data are complex64: ~1e-7 relative rounding
+    )
+    assert abs(np.angle(np.exp(1j * (fit["phase"] - phase)))) < 1e-5
+    assert fit["r_squared"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_sho_fit_matches_the_ground_truth_and_a_plain_loop(tmp_path):
+    out = run_example("sho_fit.py", tmp_path)
+    assert_pngs(tmp_path, "sho_spectrum.png", "sho_maps.png")
+    assert "median (95th percentile)" in out
+    path = tmp_path / "be_pfm.h5"
+    names = ("amplitude", "frequency", "quality_factor", "phase", "r_squared")
+    fitted = {k: stored(path, "Raw_Data-SHO_Fit_000", k).reshape(N_Y, N_X) for k in names}
+
+    # the stored maps are the function applied to every spectrum of the file
+    example = load_example("sho_fit.py")
+    with h5py.File(path, "r") as f:
+        freqs = f[f"{CHANNEL}/Spectroscopic_Values"][0].astype(np.float64)
+    loop = [example.fit_sho(s, freqs) for s in raw_spectra(path)]
+    for k in names:
+        np.testing.assert_allclose(fitted[k], np.reshape([r[k] for r in loop], (N_Y, N_X)), rtol=1e-12)
+
+    # ... and they are close to the truth. Measured with noise=0.03 (the default, SNR ~33 at resonance):
+    # on this 8 x 6 file, median relative errors A 0.9 %, Q 0.9 %, w0 2.7e-5 and phase 0.009 rad; on
+    # 128 x 128, A 0.8 % (95th percentile 2.8 %), Q 1.2 % (3.9 %), w0 3.2e-5 (1.4e-4), phase 0.008 rad
+    # (0.028 rad), R² median 0.984, lowest 0.914. The bounds sit at about 3x the medians, at or above
+    # the 95th percentiles: noise cannot trip them, while a biased or broken fit (a wrong phase
+    # convention, Q off by the half-power factor) gives errors of tens of percent.
+    errors = example.fit_errors(fitted, load_ground_truth(path))
+    assert np.median(errors["amplitude"]) < 0.03
+    assert np.median(errors["quality_factor"]) < 0.03
+    assert np.median(errors["frequency"]) < 2e-4  # 65 Hz, a sixth of a frequency bin (424 Hz)
+    assert np.median(errors["phase"]) < 0.03  # rad
+    assert np.median(fitted["r_squared"]) > 0.95
+    assert np.all((fitted["r_squared"] > 0.85) & (fitted["r_squared"] <= 1))
+
+
+def test_dimension_juggling_loops_over_positions_and_dc_bias(tmp_path):
+    run_example("dimension_juggling.py", tmp_path)
+    assert_pngs(tmp_path, "hysteresis_loop.png")
+    path = tmp_path / "beps.h5"
+    truth = load_ground_truth(path)
+    n_dc, n_freq = truth.dc_offsets.size, truth.frequencies.size
+
+    example = load_example("dimension_juggling.py")
+    spectra = raw_spectra(path).reshape(N_Y, N_X, n_dc, n_freq)  # DC_Offset slow, Frequency fast
+    expected = {
+        "amplitude": np.empty((N_Y, N_X, n_dc), np.float32),
+        "phase": np.empty((N_Y, N_X, n_dc), np.float32),
+    }
+    for index in np.ndindex(N_Y, N_X, n_dc):
+        for k, v in example.resonance_peak(spectra[index]).items():
+            expected[k][index] = v
+    for k, v in expected.items():
+        got = stored(path, "Raw_Data-resonance_peak_000", k)
+        assert got.shape == (N_Y * N_X, n_dc)  # USID: positions x the spectroscopic dim DC_Offset
+        np.testing.assert_array_equal(got.reshape(N_Y, N_X, n_dc), v)
+
+    # the example's loop follows the true polarisation wherever it has switched
+    group = f"{CHANNEL}/Raw_Data-resonance_peak_000"
+    result = xr.Dataset({k: lazyusid.open_usid(path, f"{group}/{k}") for k in expected})
+    loop = example.piezoresponse_loop(result).values
+    switched = np.abs(truth.polarisation()) > 0.5
+    assert np.array_equal(np.sign(loop[switched]), np.sign(truth.polarisation()[switched]))
+
+
+def test_cluster_example_computes_on_a_local_cluster(tmp_path):
+    out = run_example("cluster.py", tmp_path, "--workers", "2")
+    assert_pngs(tmp_path, "cluster_peak_amplitude.png")
+    assert "2 worker threads" in out
+    assert "lazy and stored maps agree: True" in out
+    path = tmp_path / "be_pfm_cluster.h5"
+    got = stored(path, "Raw_Data-peak_amplitude_000", "peak_amplitude")
+    np.testing.assert_array_equal(got.reshape(N_Y, N_X), peak_reference(path))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_examples_do_nothing_on_import(script, tmp_path, monkeypatch):
+    """Worker processes import the script: all its work must sit under the main guard."""
+    monkeypatch.chdir(tmp_path)
+    module = load_example(script)
+    assert module.__doc__ and len(module.__doc__) > 200, f"{script} needs a docstring saying what it shows"
+    assert callable(module.main) and callable(module.parse_args)
+    assert list(tmp_path.iterdir()) == [], f"importing {script} wrote files"
+    args = module.parse_args(["--size", "8x6", "--out", "somewhere"])
+    assert (args.size, args.out) == ((8, 6), "somewhere")
