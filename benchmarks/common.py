@@ -169,15 +169,18 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - tic, out
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident bytes of a process and all its descendants."""
-    total = 0
+def tree_rss(proc: psutil.Process, parts: bool = False):
+    """Resident bytes of a process and all its descendants (with ``parts``: also the process's own)."""
+    total = own = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            continue
+        total += rss
+        if p.pid == proc.pid:
+            own = rss
+    return (total, own) if parts else total
 
 
 class TreeSampler:
@@ -187,6 +190,8 @@ class TreeSampler:
         self.proc = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak = 0
+        self.peak_own = 0  # of the process itself
+        self.peak_children = 0  # of its descendants together
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -194,7 +199,10 @@ class TreeSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, tree_rss(self.proc))
+                total, own = tree_rss(self.proc, parts=True)
+                self.peak = max(self.peak, total)
+                self.peak_own = max(self.peak_own, own)
+                self.peak_children = max(self.peak_children, total - own)
                 self.samples += 1
             except psutil.NoSuchProcess:
                 return

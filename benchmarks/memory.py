@@ -56,9 +56,10 @@ def measure(path: str, budget: str, kind: str, workdir: str) -> dict:
         time.sleep(0.5)
         samples = []
         for _ in range(20):
-            samples.append(tree_rss(ps))
+            samples.append(tree_rss(ps, parts=True))
             time.sleep(0.01)
-        baseline = statistics.median(samples)
+        baseline = statistics.median(s[0] for s in samples)
+        baseline_own = statistics.median(s[1] for s in samples)
         with TreeSampler(proc.pid) as sampler:
             proc.stdin.write("go\n")
             proc.stdin.flush()
@@ -73,7 +74,13 @@ def measure(path: str, budget: str, kind: str, workdir: str) -> dict:
             proc.kill()
     os.remove(target)
     res = json.loads(out[len("RESULT ") :])
-    res.update(baseline=baseline, peak=sampler.peak, samples=sampler.samples)
+    res.update(
+        baseline=baseline,
+        peak=sampler.peak,
+        samples=sampler.samples,
+        own=(baseline_own, sampler.peak_own),
+        children=(baseline - baseline_own, sampler.peak_children),
+    )
     return res
 
 
@@ -102,7 +109,14 @@ def run(cfg: Config, log) -> list[Row]:
                 growth <= limit,
                 f"process-tree RSS: baseline (interpreter + imports + open file"
                 f"{' + 2 idle workers' if kind == 'processes' else ''}) {format_bytes(r['baseline'])}, "
-                f"peak {format_bytes(r['peak'])}; plan: {r['blocks']} blocks of {r['positions_per_block']} positions, "
+                f"peak {format_bytes(r['peak'])}"
+                + (
+                    f" (main process {format_bytes(r['own'][0])} → {format_bytes(r['own'][1])}, workers "
+                    f"{format_bytes(r['children'][0])} → {format_bytes(r['children'][1])}, peaks need not coincide)"
+                    if kind == "processes"
+                    else ""
+                )
+                + f"; plan: {r['blocks']} blocks of {r['positions_per_block']} positions, "
                 f"projected {format_bytes(r['projected'])}; {r['compute_s']:.1f} s",
             )
         )

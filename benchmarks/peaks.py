@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,7 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child(*args: str) -> tuple[float, dict]:
-    """Run ``python -m benchmarks.child ARGS``; return (wall seconds, its RESULT)."""
+    """Run ``python -m benchmarks.child ARGS``; return (wall seconds, its RESULT plus ``cpu_s``).
+
+    ``cpu_s``: CPU seconds of the child and of every process it started and waited for (pyUSID's pool).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds, out = timed(
         lambda: subprocess.run(
             [sys.executable, "-m", "benchmarks.child", *args],
@@ -49,8 +54,11 @@ def child(*args: str) -> tuple[float, dict]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"benchmarks.child {args[0]} failed:\n{out.stderr[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    return seconds, json.loads(line[len("RESULT ") :])
+    result = json.loads(line[len("RESULT ") :])
+    result["cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, result
 
 
 def warm_workers() -> None:
@@ -79,12 +87,18 @@ def cpu_seconds() -> float:
     return total
 
 
-def lazy_run(path: str, **kwargs) -> tuple[float, np.ndarray, int, float]:
+def lazy_run(path: str, override: bool = False, **kwargs) -> tuple[float, np.ndarray, int, float]:
     """lazyusid into ``path``'s own file: (seconds, values, blocks, CPU seconds of client + workers)."""
     cpu = cpu_seconds()
     seconds, result = timed(
         lambda: lazyusid.map_spectra(
-            lazyusid.open_usid(path), peak_amplitude, store=path, cores=2, progress=False, **kwargs
+            lazyusid.open_usid(path),
+            peak_amplitude,
+            store=path,
+            cores=2,
+            progress=False,
+            override=override,
+            **kwargs,
         )
     )
     cpu = cpu_seconds() - cpu
@@ -121,7 +135,7 @@ def run(cfg: Config, log) -> list[Row]:
         data = f[MAIN][()]
     warm_workers()
 
-    serial, lazy, pool, pyusid, pyusid_wall = [], [], [], [], []
+    serial, lazy, pool, pyusid, pyusid_wall, lazy_cpu, pyusid_cpu = [], [], [], [], [], [], []
     vs_serial, vs_pyusid, vs_pool, ceiling, cpu_ratio, cores_used = [], [], [], [], [], []
     identical_pyusid = identical_serial = True
     for rep in range(cfg.peaks_repeats):
@@ -146,6 +160,8 @@ def run(cfg: Config, log) -> list[Row]:
         ceiling.append(t_serial / t_pool)
         cpu_ratio.append(cpu_lazy / cpu_serial)
         cores_used.append(cpu_lazy / t_lazy)
+        lazy_cpu.append(cpu_lazy)
+        pyusid_cpu.append(res["cpu_s"])
         log(
             f"  peaks rep {rep + 1}: serial {t_serial:.2f} s, Pool(2) {t_pool:.2f} s, lazyusid {t_lazy:.2f} s "
             f"({blocks} blocks, {cpu_lazy:.1f} CPU-s), pyUSID {res['compute_s']:.2f} s "
@@ -183,7 +199,9 @@ def run(cfg: Config, log) -> list[Row]:
             "≥ 1.15×",
             median_spread(vs_pyusid)[0] >= 1.15,
             f"pyUSID compute {fmt_s(pyusid)} (import pyUSID and interpreter start excluded; its per-call "
-            f"worker pool included); lazyusid {fmt_s(lazy)} (session workers already started)",
+            f"worker pool included); lazyusid {fmt_s(lazy)} (session workers already started); CPU-s: "
+            f"lazyusid {median_spread(lazy_cpu)[0]:.1f}, pyUSID {median_spread(pyusid_cpu)[0]:.1f} (whole child "
+            "process, imports included)",
         ),
         Row(
             name,
@@ -242,7 +260,9 @@ def scaling(cfg: Config, log, per_spectrum_s: float) -> list[Row]:
         log(f"  peaks scaling {size}: {t:.2f} s, {blocks} blocks")
     # cost of a block: the largest size again with 4× as many blocks
     default = lazyusid.plan_spectra(lazyusid.open_usid(path), peak_amplitude, cores=2)
-    t_many, _, many, _ = lazy_run(path, positions_per_block=max(1, default.positions_per_block // 4))
+    t_many, _, many, _ = lazy_run(
+        path, positions_per_block=max(1, default.positions_per_block // 4), override=True
+    )
     per_block = (t_many - times[-1]) / (many - default.n_blocks)
     fit_a, fit_b = np.polyfit(sizes, times, 1)[::-1]
     linear = (times[-1] / times[0]) / (sizes[-1] / sizes[0])

@@ -92,6 +92,37 @@ def text_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+#: what profiling found behind the misses (py-spy, pyinstrument; see the issue-6 report)
+NOTES = """## Causes of the misses (profiled 2026-11-25 on this machine)
+
+- **1, ≥ 1.8× serial and ≥ 1.15× pyUSID**: the machine was shared (see the load average): the
+  plain `Pool(2)` ceiling row shows how much of 2 cores any process pool could get. lazyusid's
+  workers spend no more CPU than the serial loop (CPU ratio row), a task-stream timeline showed no
+  gaps between blocks, and 4× more blocks changed nothing measurable; pyUSID, on the same cores,
+  does the same CPU work. In the rep run at a quiet moment lazyusid reached 1.82× serial. The
+  **fresh-process** row misses because starting a `distributed.LocalCluster` (2 nannies + 2
+  workers, each importing dask/distributed) costs ~5–9 s here, against pyUSID's fork-based pool;
+  proposed: a lighter pool (e.g. `concurrent.futures.ProcessPoolExecutor` with fork-server) when no
+  `Client` is given, in `lazyusid/parallel.py`.
+- **2, ≥ 70% of h5py's read**: the function itself is the limit: `abs` of complex64 plus `max`
+  runs at ~1–4 GB/s per core here, against ~6 GB/s for `read_direct`; the by-hand row (no engine,
+  nothing stored) is the ceiling, and lazyusid is within ~10–30% of it. Fixed costs per call on a
+  2.4 M-position file: `read_layout` runs twice in the sink (`_same_positions` and `write_main`'s
+  ancillary check, ~0.15 s each, `lazyusid/sinks/__init__.py`, `lazyusid/write.py`).
+- **3, per-spectrum memory**: blocks for worker processes travel through the client's in-process
+  scheduler: the client holds each in-flight block about three times (the block, its pickled
+  task, the scheduler's copy) and each worker one or two more, so the real peak is ~2× the plan's
+  projection. Proposed: count those copies in the plan (`prepare_map` → `plan_blocks`), or
+  `scatter` blocks straight to workers, or let workers read their own rows when the results go to
+  another file than the source.
+- **4, checkpoint overhead on 2.4 M positions**: `HDF5Sink.write` → `_prefix` scans all the
+  remaining flags with `np.flatnonzero(done[start:] == 0)` after every block (~4 ms per block at
+  2.4 M rows, O(rows × blocks)). With `argmin` instead (first 0 of a uint8 array) the measured
+  overhead fell from +12.5% to +0% (median of 5, same run). Proposed fix in
+  `lazyusid/sinks/hdf5.py`.
+"""
+
+
 def write_markdown(
     path: str, cfg, rows: list[Row], command: str, started: str, seconds: float, loads
 ) -> None:
@@ -129,9 +160,13 @@ Ratios are measured side by side in this one run, repeats interleaved; times are
   fresh interpreter; "in session" counts `PeakFinder(...).compute()` only (not interpreter start-up
   nor `import pyUSID`, which is ~2 s), while pyUSID's own worker pool, which it starts on every
   compute, is included. The fresh-process row (full mode) times both tools as command-line runs,
-  everything included.
+  everything included. The **machine ceiling** row runs the same loop in a plain `multiprocessing.Pool(2)`
+  (half the in-memory spectra per process): what 2 processes could get on the machine during this
+  run; "cores obtained" is lazyusid's CPU seconds (client and workers) over its wall time.
 - **2**: from a warm page cache; lazyusid's time is `map_spectra(vectorized=True, store=<source>,
   override=True)` (plan, reads, function, writes with checkpoints); h5py reads 64 MiB row blocks.
+  "By hand" is the engine-free equivalent (h5py `read_direct` of 32 MiB blocks under a lock, the
+  function on 2 threads, nothing stored).
 - **3**: summed RSS of the child process and all its descendants, sampled every 10 ms; the
   baseline is measured in the same child after imports (and after starting the worker processes,
   for the process-pool row), before computing.
@@ -139,6 +174,7 @@ Ratios are measured side by side in this one run, repeats interleaved; times are
   sink whose `write` stores the data without flushes, flags or `last_pixel`.
 - **5**: lazyusid alone at 1×, 4× and 16× the positions of the smallest file.
 
+{NOTES}
 Sizes in this mode: peak finder {cfg.peaks_shape[0]}×{cfg.peaks_shape[1]}, vectorised
 {cfg.vector_shape[0]}×{cfg.vector_shape[1]}, memory {cfg.memory_shape[0]}×{cfg.memory_shape[1]} with budget
 {cfg.memory_budget}, checkpoint cost {cfg.checkpoint_shape[0]}×{cfg.checkpoint_shape[1]} (all ×119 complex64).

@@ -10,11 +10,14 @@ a warm page cache, interleaved. h5py is timed two ways (``d[a:b]`` and
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
 
 import lazyusid
+from lazyusid.plan import MAX_BLOCK_INPUT_BYTES
 
 from .common import MAIN, Config, Row, be_file, fmt_ratio, fmt_s, fresh_copy, median_spread, timed, warm
 from .functions import abs_max_block
@@ -39,6 +42,30 @@ def h5py_read(path: str, direct: bool) -> float:
                     dset[a:b]
 
     return timed(read)[0]
+
+
+def hand_pipeline(path: str, threads: int = 2) -> float:
+    """Seconds for the engine-free equivalent: 2 threads, each reading a 32 MiB row block (one at a
+    time, under a lock) with ``read_direct`` and applying the function; results discarded."""
+
+    def run():
+        lock = threading.Lock()
+        with h5py.File(path, "r") as f:
+            dset = f[MAIN]
+            n = dset.shape[0]
+            step = max(1, MAX_BLOCK_INPUT_BYTES // (dset.shape[1] * dset.dtype.itemsize))
+
+            def block(a: int) -> np.ndarray:
+                b = min(a + step, n)
+                with lock:
+                    buf = np.empty((b - a, dset.shape[1]), dtype=dset.dtype)
+                    dset.read_direct(buf, np.s_[a:b])
+                return abs_max_block(buf)
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(block, range(0, n, step)))
+
+    return timed(run)[0]
 
 
 def lazy_map(path: str, **kwargs) -> tuple[float, int]:
@@ -73,18 +100,22 @@ def run(cfg: Config, log) -> list[Row]:
     nbytes = n_y * n_x * 119 * 8
     warm(path)
     lazy_map(path)  # first run: page cache, imports, thread pools
-    plain, direct, lazy, ratio = [], [], [], []
+    plain, direct, lazy, ratio, hand, vs_hand = [], [], [], [], [], []
     blocks = 0
     for rep in range(cfg.vector_repeats):
         t_plain = h5py_read(path, direct=False)
         t_direct = h5py_read(path, direct=True)
         t_lazy, blocks = lazy_map(path)
+        t_hand = hand_pipeline(path)
+        hand.append(t_hand)
+        vs_hand.append(t_hand / t_lazy)
         plain.append(t_plain)
         direct.append(t_direct)
         lazy.append(t_lazy)
         ratio.append(min(t_plain, t_direct) / t_lazy)
         log(
-            f"  vectorised rep {rep + 1}: h5py d[a:b] {t_plain:.3f} s, read_direct {t_direct:.3f} s, lazyusid {t_lazy:.3f} s"
+            f"  vectorised rep {rep + 1}: h5py d[a:b] {t_plain:.3f} s, read_direct {t_direct:.3f} s, "
+            f"lazyusid {t_lazy:.3f} s, by hand {t_hand:.3f} s"
         )
     correct = check(path)
     os.remove(path)
@@ -98,7 +129,16 @@ def run(cfg: Config, log) -> list[Row]:
             "≥ 70%",
             median_spread(ratio)[0] >= 0.70,
             f"lazyusid {fmt_s(lazy)} = {gbs(lazy)} ({blocks} blocks, results stored); h5py d[a:b] {fmt_s(plain)} = "
-            f"{gbs(plain)}; read_direct {fmt_s(direct)} = {gbs(direct)}; the faster h5py is the baseline",
+            f"{gbs(plain)}; read_direct into one reused buffer {fmt_s(direct)} = {gbs(direct)}; the faster h5py "
+            "is the baseline",
+        ),
+        Row(
+            name,
+            "lazyusid vs the same work by hand (h5py + NumPy, 2 threads)",
+            fmt_ratio(vs_hand),
+            detail=f"by hand {fmt_s(hand)} = {gbs(hand)}: 32 MiB row blocks read one at a time with read_direct, "
+            "the function on 2 threads, nothing stored. The function (abs of complex64, then max) costs more than "
+            "reading: this is the ceiling for any engine on this machine now",
         ),
         Row(name, "stored results equal NumPy", "yes" if correct else "NO", "equal", correct),
     ]

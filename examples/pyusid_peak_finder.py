@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-np.prod = np.prod  # pyUSID 0.0.12 (through sidpy) calls np.product, gone in NumPy 2
+np.product = np.prod  # noqa: NPY003, NPY201 - pyUSID 0.0.12 (and sidpy) call np.product, gone in NumPy 2
 
 import h5py  # noqa: E402
 import pyUSID as usid  # noqa: E402
@@ -91,7 +91,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     tic = time.perf_counter()
     amplitudes = find_peaks(args.path, args.dataset, args.cores)
-    print(f"{amplitudes.size} peak amplitudes in {time.perf_counter() - tic:.1f} s; mean {amplitudes.mean():.4g} V")
+    print(
+        f"{amplitudes.size} peak amplitudes in {time.perf_counter() - tic:.1f} s; mean {amplitudes.mean():.4g} V"
+    )
 
 
 if __name__ == "__main__":

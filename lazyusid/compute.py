@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -90,17 +91,24 @@ class SpectralMap:
         arr = arr.reshape((self.plan.n_positions, *self.core_shape), merge_chunks=True)
         return arr.rechunk(chunks)
 
-    def block_reader(self) -> Callable[[int, int], np.ndarray]:
-        """A function reading positions ``a:b`` of the flat input into memory (in this thread)."""
+    @contextmanager
+    def reading_blocks(self) -> Iterator[Callable[[int, int], np.ndarray]]:
+        """Yield a function reading positions ``a:b`` of the flat input into memory (in the calling thread).
+
+        An untouched :func:`open_usid` source is held open meanwhile and
+        read directly, exactly the rows of each block.
+        """
         rows = self.flat_rows
         if rows is not None:
-            return rows.read
+            with rows.reading() as read:
+                yield read
+            return
         flat = self.flat_input()
 
         def read(a: int, b: int) -> np.ndarray:
             return np.asarray(flat[a:b].compute(scheduler="sync"))
 
-        return read
+        yield read
 
     def block_tasks(self) -> list:
         """One delayed task per block, each returning a tuple of output arrays."""

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
-from .errors import DatasetSelectionError
+from .errors import DatasetSelectionError, StoreBusyError
 from .layout import is_main, read_layout
 
 PathLike = str | os.PathLike
@@ -27,6 +27,11 @@ def open_file(source: PathLike | h5py.File | h5py.Group, mode: str = "r"):
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
+        if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc):
+            raise StoreBusyError(
+                f"{path!r} is open for writing in another process (HDF5 file lock), e.g. a lazyusid "
+                "computation storing results into it; wait for it to finish, or read a copy"
+            ) from exc
         if not h5py.is_hdf5(path):
             raise OSError(f"{path!r} is not an HDF5 file") from exc
         raise

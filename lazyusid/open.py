@@ -9,6 +9,8 @@ to worker processes); :mod:`lazyusid.layout` decodes the metadata;
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import dask
 import dask.array as da
@@ -143,14 +145,30 @@ class FlatRows:
     def __dask_tokenize__(self):
         return (type(self).__name__, self.source.__dask_tokenize__(), self.core_shape)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Positions ``start:stop``: only the rows that hold them are read."""
+    def read(self, start: int, stop: int, dset: h5py.Dataset | None = None) -> np.ndarray:
+        """Positions ``start:stop``: only the rows that hold them are read (from ``dset`` if open)."""
         r0, r1 = start // self.n_extra, -(-stop // self.n_extra)
-        block = self.source.read_rows(r0, r1).reshape((-1, *self.core_shape))
+        if dset is None:
+            rows = self.source.read_rows(r0, r1)
+        else:
+            rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
+            if rows.size:
+                dset.read_direct(rows, np.s_[r0:r1])
+        block = rows.reshape((-1, *self.core_shape))
         offset = start - r0 * self.n_extra
         if offset == 0 and block.shape[0] == stop - start:
             return block
         return block[offset : offset + stop - start].copy()  # do not hold the rest of the rows
+
+    @contextmanager
+    def reading(self) -> Iterator[Callable[[int, int], np.ndarray]]:
+        """Keep the file open (read-only) while reading many blocks; yields ``read(start, stop)``.
+
+        Opening and closing the file for every block cost ~2 ms each on a 2 GiB file.
+        """
+        with h5py.File(self.source.path, "r") as f:
+            dset = f[self.source.dataset]
+            yield lambda start, stop: self.read(start, stop, dset)
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)

@@ -1,6 +1,6 @@
 """A lazyusid computation to kill: run as a script by ``tests/test_kill.py``, imported by it too.
 
-``python kill_target.py SOURCE TARGET [--cores N] [--rows-per-block N]`` maps
+``python kill_target.py SOURCE TARGET [--cores N] [--positions-per-block N]`` maps
 :func:`features` over the USID main dataset of ``SOURCE`` into ``TARGET`` (the
 source file itself, another HDF5 file, or a ``.zarr`` store) with
 :func:`lazyusid.map_spectra`, exactly as the tests do in-process, and exits 0

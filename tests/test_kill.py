@@ -383,11 +383,6 @@ lazyusid.open_usid(sys.argv[1], dataset=sys.argv[2] if len(sys.argv) > 2 else No
 """
 
 
-def _known_open_bug(text: str) -> bool:
-    """h5py's own lock error escaping ``lazyusid.open_usid`` (files.open_file does not translate it)."""
-    return "StoreBusyError" not in text and "BlockingIOError" in text and "unable to lock file" in text
-
-
 @pytest.mark.parametrize("kind", TARGETS)
 def test_second_writer_is_refused_while_first_finishes(kind, source, tmp_path):
     src, target = make_target(kind, source, tmp_path)
@@ -427,19 +422,8 @@ def test_second_writer_is_refused_while_first_finishes(kind, source, tmp_path):
     kill_target.STATE.calls = 0
     check_complete(kind, src, target, source, kill_target.run(src, target))
     assert kill_target.STATE.calls == 1  # nothing left to compute
-    unclear = []
     for who, text in [("the second writer", second.stderr)] + [("a reader", r.stderr) for r in readers]:
-        if _known_open_bug(text):
-            unclear.append(f"{who}: {text.strip().splitlines()[-1]}")
-        else:
-            assert "StoreBusyError" in text and "another process" in text, (
-                f"{who} got no clear error:\n{text}"
-            )
-    if unclear:
-        pytest.xfail(
-            "known bug: lazyusid.open_usid lets h5py's BlockingIOError through when another process writes "
-            "the file, instead of a StoreBusyError saying so; " + "; ".join(unclear)
-        )
+        assert "StoreBusyError" in text and "another process" in text, f"{who} got no clear error:\n{text}"
 
 
 # -- 4. what a kill leaves behind is removed by the next run ----------------------------------------------

@@ -141,7 +141,11 @@ def stream(
     """
     if not ranges:
         return
-    read = smap.block_reader()  # exactly the rows of a block, not the source's larger chunks
+    with smap.reading_blocks() as read:  # exactly the rows of a block, not the source's larger chunks
+        _stream(smap, ranges, n_extra, write, read, progress_key)
+
+
+def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
     function, executor = smap.function, smap.executor
     io_lock = threading.Lock()  # one HDF5 access at a time in this process: reads here, writes in `write`
 

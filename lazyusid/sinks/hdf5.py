@@ -140,7 +140,8 @@ class HDF5Sink:
             return []
         prefix = results_prefix(self.base, self.tool)
         found = []
-        for key in sorted(k for k in parent if k.startswith(prefix)):
+        numbered = (k for k in parent if re.fullmatch(re.escape(prefix) + r"\d+", k))
+        for key in sorted(numbered, key=lambda k: int(k[len(prefix) :])):  # _1000 after _999
             grp = parent.get(key)
             if isinstance(grp, h5py.Group) and _text(grp.attrs.get("lazyusid_token")) == token:
                 found.append(self._found(grp))
