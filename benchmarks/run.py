@@ -93,33 +93,32 @@ def text_table(rows: list[Row]) -> str:
 
 
 #: what profiling found behind the misses (py-spy, pyinstrument; see the issue-6 report)
-NOTES = """## Causes of the misses (profiled 2026-11-25 on this machine)
+NOTES = """## What limits the misses (profiled 2026-11-25 on this machine)
 
-- **1, ≥ 1.8× serial and ≥ 1.15× pyUSID**: the machine was shared (see the load average): the
-  plain `Pool(2)` ceiling row shows how much of 2 cores any process pool could get. lazyusid's
-  workers spend no more CPU than the serial loop (CPU ratio row), a task-stream timeline showed no
-  gaps between blocks, and 4× more blocks changed nothing measurable; pyUSID, on the same cores,
-  does the same CPU work. In the rep run at a quiet moment lazyusid reached 1.82× serial. The
-  **fresh-process** row misses because starting a `distributed.LocalCluster` (2 nannies + 2
-  workers, each importing dask/distributed) costs ~5–9 s here, against pyUSID's fork-based pool;
-  proposed: a lighter pool (e.g. `concurrent.futures.ProcessPoolExecutor` with fork-server) when no
-  `Client` is given, in `lazyusid/parallel.py`.
-- **2, ≥ 70% of h5py's read**: the function itself is the limit: `abs` of complex64 plus `max`
-  runs at ~1–4 GB/s per core here, against ~6 GB/s for `read_direct`; the by-hand row (no engine,
-  nothing stored) is the ceiling, and lazyusid is within ~10–30% of it. Fixed costs per call on a
-  2.4 M-position file: `read_layout` runs twice in the sink (`_same_positions` and `write_main`'s
-  ancillary check, ~0.15 s each, `lazyusid/sinks/__init__.py`, `lazyusid/write.py`).
+- **1, ≥ 1.15× pyUSID**: pyUSID's `Process` (joblib `multiprocessing` pool, 2 cores) runs at
+  ~95% of a plain `multiprocessing.Pool(2)` (the machine-ceiling row): 1.15× faster than pyUSID
+  would be faster than two bare processes splitting the in-memory array, which is not possible on
+  2 cores for a CPU-bound function. lazyusid spends ~4% more CPU than the serial loop (client reading
+  and pickling blocks, dask worker bookkeeping) and loses a little to the last blocks' tail; a
+  task-stream timeline showed no gaps between blocks. On a loaded machine (load average above 2)
+  every parallel row drops with the ceiling row. The **fresh-process** row also pays for starting a
+  `distributed.LocalCluster` (2 nannies + 2 workers importing dask/distributed, ~2–9 s here)
+  against pyUSID's forked pool; proposed: a lighter local process pool when no `Client` is given
+  (`lazyusid/parallel.py`).
+- **2, ≥ 70% of h5py's read**: the function costs more than the read: `abs` of complex64 and `max`
+  run at ~2–4 GB/s per core, `read_direct` at ~6–7 GB/s, so even the engine-free "by hand" row (2
+  threads, nothing stored) stays near 60%. lazyusid's own costs on a 2.4 M-position file, profiled:
+  `read_layout` runs twice per call in the sink (`_same_positions`, and `write_main`'s check of
+  the reused ancillaries: ~0.1–0.2 s each, `lazyusid/sinks/__init__.py`, `lazyusid/write.py`;
+  proposed: reuse the layout `open_usid` already read), and, with a checkpoint after every block,
+  `HDF5Sink.write` → `_prefix` rescanned all remaining flags with `np.flatnonzero` (~4 ms per block
+  at 2.4 M rows); with `argmin` the checkpoint overhead fell from +12.5% to +0% in a side-by-side
+  test. Blocks are now capped at 32 MiB of input (`lazyusid/plan.py`): 280 MiB blocks ran ~2× slower.
 - **3, per-spectrum memory**: blocks for worker processes travel through the client's in-process
-  scheduler: the client holds each in-flight block about three times (the block, its pickled
-  task, the scheduler's copy) and each worker one or two more, so the real peak is ~2× the plan's
-  projection. Proposed: count those copies in the plan (`prepare_map` → `plan_blocks`), or
-  `scatter` blocks straight to workers, or let workers read their own rows when the results go to
-  another file than the source.
-- **4, checkpoint overhead on 2.4 M positions**: `HDF5Sink.write` → `_prefix` scans all the
-  remaining flags with `np.flatnonzero(done[start:] == 0)` after every block (~4 ms per block at
-  2.4 M rows, O(rows × blocks)). With `argmin` instead (first 0 of a uint8 array) the measured
-  overhead fell from +12.5% to +0% (median of 5, same run). Proposed fix in
-  `lazyusid/sinks/hdf5.py`.
+  dask scheduler: the client holds each in-flight block about three times (the block, its pickled
+  task, the scheduler's copy) and each worker one or two, so the peak is ~2× the plan's projection
+  (the row shows main process and workers apart). Proposed: count those copies in the plan
+  (`prepare_map` → `plan_blocks`), or `scatter` blocks straight to a worker (`lazyusid/parallel.py`).
 """
 
 

@@ -98,9 +98,16 @@ def make_target(kind: str, src: Source, where: Path) -> tuple[Path, Path]:
 # -- running and killing ---------------------------------------------------------------------------------
 
 
-def start(source: Path, target: Path, *, cores: int = 1, output: Path, **env) -> subprocess.Popen:
-    """Start ``kill_target.py`` in a new session (its own process group); stdout and stderr go to ``output``."""
+def start(
+    source: Path, target: Path, *, cores: int = 1, output: Path, checkpoint_interval: float = 0, **env
+) -> subprocess.Popen:
+    """Start ``kill_target.py`` in a new session (its own process group); stdout and stderr go to ``output``.
+
+    ``checkpoint_interval`` (seconds, HDF5 only) 0 flags every block as it is written, the strictest
+    case; the default of lazyusid (1 s) flags the blocks written meanwhile together.
+    """
     environ = dict(os.environ, **{f"KILL_TARGET_{k.upper()}": str(v) for k, v in env.items()})
+    environ["DASK_LAZYUSID__CHECKPOINT_INTERVAL"] = str(checkpoint_interval)
     args = [sys.executable, str(SCRIPT), str(source), str(target), "--cores", str(cores)]
     args += ["--positions-per-block", str(POSITIONS_PER_BLOCK)]
     with open(output, "wb") as out:
@@ -287,7 +294,10 @@ def kill_trials(kind: str, src: Source, where: Path, cores_per_trial: list[int])
         delay = rng.uniform(0, span)
         source, target = make_target(kind, src, where / f"trial-{i:03d}")
         output = target.parent / "output.txt"
-        proc = start(source, target, cores=cores, output=output, sleep_ms=SLEEP_MS[cores])
+        interval = (0, 0.3)[i % 2]  # every block, and several blocks per checkpoint
+        proc = start(
+            source, target, cores=cores, output=output, sleep_ms=SLEEP_MS[cores], checkpoint_interval=interval
+        )
         try:
             status = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:

@@ -254,7 +254,11 @@ def test_killed_compute_resumes_where_it_stopped(scan, expected, evaluated, tmp_
         tests=str(Path(__file__).parent), log=str(log), path=scan, dataset=MAIN_DATASET, mem=TEN_POSITIONS_MB
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", script],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, DASK_LAZYUSID__CHECKPOINT_INTERVAL="0"),  # flag every block as it is written
     )
     try:
         deadline = time.monotonic() + 40

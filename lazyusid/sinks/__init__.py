@@ -92,7 +92,10 @@ def store_map(
                 ranges = todo_ranges(done, shape.rows_per_block)
                 computed = sum(b - a for a, b in ranges)
                 key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
-                stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
+                try:
+                    stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
+                finally:
+                    sink.commit()  # flag every block written, also when a block failed
     out = _as_xarray(sink, name, shape, smap, token, result_dims)
     out.attrs["usid_rows_computed"] = computed
     return out

@@ -2,8 +2,10 @@
 
 One writer (the process that runs the computation) holds the file open
 ``r+`` for the whole run, so HDF5's file lock keeps other writers out. Each
-block is written as: data, flush, flags and ``last_pixel``, flush
-(DESIGN.md, decision 6). A new file is built under a temporary name and
+finished block's data is written at once; a checkpoint (at most every
+:data:`CHECKPOINT_SECONDS`, and at the end) flushes, sets the flags and
+``last_pixel`` of the blocks written since the last one, and flushes again
+(DESIGN.md, decision 6: data, flush, flags, flush). A new file is built under a temporary name and
 linked into place only once its skeleton is flushed, so a kill never leaves
 an unreadable target; a new results group likewise is built as
 ``_lazyusid_building`` and moved to its name once whole, so a kill never
@@ -16,6 +18,7 @@ import errno
 import glob
 import os
 import re
+import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -46,6 +49,10 @@ RESERVED_ATTRS = {
     "lazyusid_format_version",
     *bookkeeping_attrs(),
 }
+#: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
+#: flushes); dask config ``lazyusid.checkpoint-interval`` (env ``DASK_LAZYUSID__CHECKPOINT_INTERVAL``),
+#: 0 for a checkpoint after every block
+CHECKPOINT_SECONDS = 1.0
 #: largest chunk of a result dataset
 _CHUNK_BYTES = 4 * 2**20
 _NEW_FILE_SUFFIX = ".lazyusid-partial"
@@ -282,19 +289,41 @@ class HDF5Sink:
         self._markers = grp[MARKERS]
         self._done = np.asarray(self._markers[()], dtype=np.uint8)
         self._prefix = _prefix(self._done, 0)
+        self._pending: list[tuple[int, int]] = []
+        self._last_commit = time.monotonic()
+        self._interval = float(dask.config.get("lazyusid.checkpoint-interval", CHECKPOINT_SECONDS))
         self.name = grp.name.rsplit("/", 1)[-1]
         return self._done.copy()
 
     def write(self, r0: int, r1: int, outs) -> None:
-        """Checkpoint one block of rows: data, flush, flags, flush."""
+        """Store one block of rows; it is flagged by the next checkpoint (:meth:`commit`).
+
+        A checkpoint runs once ``lazyusid.checkpoint-interval`` seconds (dask
+        config, default :data:`CHECKPOINT_SECONDS`) have passed since the last
+        one, and when the run ends: its two flushes then cost little even when
+        blocks finish every few milliseconds, and a kill loses at most that
+        much finished work. Blocks slower than the interval are each flagged
+        as soon as they are written.
+        """
         for dset, arr in zip(self._dsets, outs):
             dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        self._pending.append((r0, r1))
+        if time.monotonic() - self._last_commit >= self._interval:
+            self.commit()
+
+    def commit(self) -> None:
+        """Checkpoint: flush the data written since the last one, then set their flags and flush again."""
+        if not self._pending:
+            return
         self._file.flush()
-        self._markers[r0:r1] = 1
-        self._done[r0:r1] = 1
+        for r0, r1 in self._pending:
+            self._markers[r0:r1] = 1
+            self._done[r0:r1] = 1
         self._prefix = _prefix(self._done, self._prefix)
         self._group.attrs["last_pixel"] = self._prefix
         self._file.flush()
+        self._pending.clear()
+        self._last_commit = time.monotonic()
 
     # -- reading ---------------------------------------------------------------------------------
 
