@@ -98,26 +98,31 @@ NOTES = """## What limits the misses (profiled 2026-11-25 on this machine)
 - **1, ≥ 1.15× pyUSID**: pyUSID's `Process` (joblib `multiprocessing` pool, 2 cores) runs at
   ~95% of a plain `multiprocessing.Pool(2)` (the machine-ceiling row): 1.15× faster than pyUSID
   would be faster than two bare processes splitting the in-memory array, which is not possible on
-  2 cores for a CPU-bound function. lazyusid spends ~4% more CPU than the serial loop (client reading
-  and pickling blocks, dask worker bookkeeping) and loses a little to the last blocks' tail; a
+  2 cores for a CPU-bound function. lazyusid spends about the CPU of the serial loop (0.95–1.04× across
+  runs: client reading and pickling blocks, dask worker bookkeeping) and loses a little to the tail
+  of the last blocks; a
   task-stream timeline showed no gaps between blocks. On a loaded machine (load average above 2)
   every parallel row drops with the ceiling row. The **fresh-process** row also pays for starting a
   `distributed.LocalCluster` (2 nannies + 2 workers importing dask/distributed, ~2–9 s here)
   against pyUSID's forked pool; proposed: a lighter local process pool when no `Client` is given
   (`lazyusid/parallel.py`).
 - **2, ≥ 70% of h5py's read**: the function costs more than the read: `abs` of complex64 and `max`
-  run at ~2–4 GB/s per core, `read_direct` at ~6–7 GB/s, so even the engine-free "by hand" row (2
-  threads, nothing stored) stays near 60%. lazyusid's own costs on a 2.4 M-position file, profiled:
-  `read_layout` runs twice per call in the sink (`_same_positions`, and `write_main`'s check of
-  the reused ancillaries: ~0.1–0.2 s each, `lazyusid/sinks/__init__.py`, `lazyusid/write.py`;
-  proposed: reuse the layout `open_usid` already read), and, with a checkpoint after every block,
-  `HDF5Sink.write` → `_prefix` rescanned all remaining flags with `np.flatnonzero` (~4 ms per block
-  at 2.4 M rows); with `argmin` the checkpoint overhead fell from +12.5% to +0% in a side-by-side
-  test. Blocks are now capped at 32 MiB of input (`lazyusid/plan.py`): 280 MiB blocks ran ~2× slower.
+  run at ~2–4 GB/s per core, `read_direct` at ~6–7 GB/s, so the engine-free "by hand" row (2 threads,
+  nothing stored) itself reaches only about 70% on the 2 GiB file. What lazyusid adds, profiled on the 2.4 M-position file:
+  `read_layout` runs twice per call in the sink (`_same_positions`, and `write_main`'s check of the
+  reused ancillaries: ~0.1–0.2 s each, growing with the number of positions;
+  `lazyusid/sinks/__init__.py`, `lazyusid/write.py`; proposed: reuse the layout `open_usid` already
+  read). With a checkpoint after every block (before the sink batched checkpoints to at most one per
+  second), `HDF5Sink.commit` → `_prefix` rescanned all remaining flags with `np.flatnonzero`
+  (~4 ms per block at 2.4 M rows); with `argmin` that overhead fell from +12.5% to +0% side by side
+  (proposed for `lazyusid/sinks/hdf5.py`). Blocks are now capped at 32 MiB of input
+  (`lazyusid/plan.py`): 280 MiB blocks ran ~2× slower; the source's rows are read directly, one
+  `read_direct` per block, with the file held open (`lazyusid/open.py`, `FlatRows`).
 - **3, per-spectrum memory**: blocks for worker processes travel through the client's in-process
-  dask scheduler: the client holds each in-flight block about three times (the block, its pickled
-  task, the scheduler's copy) and each worker one or two, so the peak is ~2× the plan's projection
-  (the row shows main process and workers apart). Proposed: count those copies in the plan
+  dask scheduler. With 4 blocks of 33 MB in flight the main process grew by ~340 MB (about ten
+  block-sized copies: the blocks themselves, most likely their pickled tasks and the scheduler's
+  copies; not traced further) and the workers by ~80 MB each, so the peak is ~2× the plan's
+  projection (the row shows main process and workers apart). Proposed: count those copies in the plan
   (`prepare_map` → `plan_blocks`), or `scatter` blocks straight to a worker (`lazyusid/parallel.py`).
 """
 
