@@ -151,7 +151,9 @@ def run_demo(args) -> int:
         print(f"found the stored result of this very computation in {where}: returned it in {seconds:.2f} s")
     else:
         n = rows  # one spectrum per position here
-        print(f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s), checkpointed into {where}")
+        print(
+            f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s), checkpointed into {where}"
+        )
     amplitude = amplitude.compute()
     pngs = _demo_plots(data, amplitude, probe, args.out)
     print(f"plots: {', '.join(pngs)}")

@@ -57,7 +57,10 @@ def test_tree_and_info_list_results_groups(tmp_path, capsys):
     assert main(["info", str(path), "Raw_Data"]) == 0
     printed = capsys.readouterr().out
     assert "Piezoresponse [V]" in printed and "Frequency" in printed
-    assert "results Raw_Data-Peak_000: tool=Peak, 15/15 positions done (complete), lazyusid; parameters: k=2" in printed
+    assert (
+        "results Raw_Data-Peak_000: tool=Peak, 15/15 positions done (complete), lazyusid; parameters: k=2"
+        in printed
+    )
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):

@@ -312,10 +312,16 @@ def test_ancillaries_of_a_main_dataset_in_another_file_are_copied(usid_file, tmp
             spec_dims=Dimension("F", "Hz", 2),
             ancillary_suffix="_D",
         )
-        assert sorted(dst) == ["D", "Position_Indices_D", "Position_Values_D", "Spectroscopic_Indices_D",
-                               "Spectroscopic_Values_D"]
+        assert sorted(dst) == [
+            "D",
+            "Position_Indices_D",
+            "Position_Values_D",
+            "Spectroscopic_Indices_D",
+            "Spectroscopic_Values_D",
+        ]
         np.testing.assert_array_equal(dst["Position_Values_D"][()], src[source.attrs["Position_Values"]][()])
         assert pyusid.hdf_utils.check_if_main(dset)
     assert open_usid(tmp_path / "other.h5").sizes == {
-        **{k: v for k, v in open_usid(usid_file.path).sizes.items() if k in ("Y", "X")}, "F": 2
+        **{k: v for k, v in open_usid(usid_file.path).sizes.items() if k in ("Y", "X")},
+        "F": 2,
     }

@@ -350,8 +350,10 @@ class HDF5Sink:
 
 
 def _prefix(done: np.ndarray, start: int) -> int:
-    rest = np.flatnonzero(done[start:] == 0)
-    return int(start + rest[0]) if rest.size else int(done.size)
+    """Length of the run of flagged rows from the start (scanning on from ``start``, a known prefix)."""
+    rest = done[start:]
+    first = int(np.argmin(rest)) if rest.size else 0  # the first 0, without building an index array
+    return int(done.size) if rest.size == 0 or rest[first] else start + first
 
 
 def _pos_dims(shape: ResultShape) -> list[Dimension]:
