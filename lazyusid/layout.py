@@ -8,6 +8,12 @@ dimensions lives in :class:`Layout`.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import h5py
@@ -18,6 +24,34 @@ from .write import ANCILLARY_NAMES
 
 #: name of the flat dimension of a dataset whose dimensions do not tile
 FLAT_POSITION = "Position"
+
+#: dimension groups already analysed: (file, ancillary addresses, ...) -> (file fingerprint, DimGroup)
+_memo: OrderedDict[tuple, tuple] = OrderedDict()
+_MEMO_SIZE = 8
+_memo_lock = threading.Lock()
+#: keys read within the current :func:`remembering_layouts` block
+_pinned: ContextVar[set | None] = ContextVar("lazyusid_pinned_layouts", default=None)
+
+
+@contextmanager
+def remembering_layouts() -> Iterator[None]:
+    """Within this block, :func:`read_layout` analyses each pair of ancillary datasets once.
+
+    Outside it, an analysis is reused only while the file's size, inode and
+    modification time are unchanged (opening ``open_usid(path)`` and then
+    mapping it reads the millions of position indices once). Inside, it is
+    reused also after the file changed: for one computation that holds its
+    files, whose own writes (a new results group sharing the source's
+    position ancillaries) touch the file but never those datasets.
+    """
+    if _pinned.get() is not None:  # nested: the outer block remembers
+        yield
+        return
+    token = _pinned.set(set())
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,8 +179,10 @@ def read_layout(dset: h5py.Dataset) -> Layout:
                 f"attribute {key!r} refers to {target.name!r}, a {type(target).__name__}, not a dataset"
             )
         anc[key] = target
-    pos = _read_group(anc["Position_Indices"], anc["Position_Values"], dset.shape[0], False, fail)
-    spec = _read_group(anc["Spectroscopic_Indices"], anc["Spectroscopic_Values"], dset.shape[1], True, fail)
+    pos = _read_group_once(anc["Position_Indices"], anc["Position_Values"], dset.shape[0], False, fail)
+    spec = _read_group_once(
+        anc["Spectroscopic_Indices"], anc["Spectroscopic_Values"], dset.shape[1], True, fail
+    )
     if not spec.complete:
         raise fail(
             f"spectroscopic indices {anc['Spectroscopic_Indices'].name!r} do not tile a grid of "
@@ -164,6 +200,39 @@ def read_layout(dset: h5py.Dataset) -> Layout:
         pos=pos,
         spec=spec,
     )
+
+
+def _read_group_once(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> DimGroup:
+    """:func:`_read_group`, or its result for the same datasets of the same, unchanged file."""
+    path = h5_inds.file.filename
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):  # not a file on disk (in-memory or file-like): no memo
+        return _read_group(h5_inds, h5_vals, expected, spectroscopic, fail)
+    fingerprint = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (
+        os.path.realpath(path),
+        h5py.h5o.get_info(h5_inds.id).addr,
+        h5py.h5o.get_info(h5_vals.id).addr,
+        h5_inds.shape,
+        expected,
+        spectroscopic,
+    )
+    pinned = _pinned.get()
+    with _memo_lock:
+        seen = _memo.get(key)
+    if seen is not None and (seen[0] == fingerprint or (pinned is not None and key in pinned)):
+        group = seen[1]
+    else:
+        group = _read_group(h5_inds, h5_vals, expected, spectroscopic, fail)
+    with _memo_lock:
+        _memo[key] = (fingerprint, group)
+        _memo.move_to_end(key)
+        while len(_memo) > _MEMO_SIZE:
+            _memo.popitem(last=False)
+    if pinned is not None:
+        pinned.add(key)
+    return group
 
 
 def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> DimGroup:
@@ -207,10 +276,10 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
 
     inds = h5_inds[()]
     vals = h5_vals[()]
-    if not spectroscopic:
-        inds, vals = inds.T, vals.T  # rows = dimensions from here on
+    if not spectroscopic:  # rows = dimensions from here on, each contiguous
+        inds, vals = np.ascontiguousarray(inds.T), np.ascontiguousarray(vals.T)
     count = inds.shape[1]
-    sizes = tuple(int(np.unique(row).size) for row in inds)
+    sizes = tuple(_n_distinct(row) for row in inds)
     order = _slowest_first(inds)
     marked = any(
         "incomplete_dimensions" in ds.attrs or np.any(np.asarray(ds.attrs.get("type", 0)) == 1)
@@ -237,6 +306,13 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
         values=tuple(values),
         count=count,
     )
+
+
+def _n_distinct(row: np.ndarray) -> int:
+    """Number of distinct values in a row of indices (by counting when they are small and non-negative)."""
+    if row.size and 0 <= int(row.min()) and int(row.max()) < 4 * row.size:
+        return int(np.count_nonzero(np.bincount(row.astype(np.intp, copy=False))))
+    return int(np.unique(row).size)
 
 
 def _slowest_first(inds: np.ndarray) -> tuple[int, ...]:

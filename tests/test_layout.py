@@ -333,3 +333,41 @@ def test_layout_reports_sorted_shape(write_usid):
     assert layout.pos.order == (0, 1, 2)
     assert layout.nd_shape == (3, 4, 5, 2, 7)
     assert layout.dims == ("Z", "Y", "X", "Bias", "Frequency")
+
+
+def _pos_values(path, dataset):
+    with h5py.File(path) as f:
+        return lazyusid.read_layout(f[dataset]).pos.values
+
+
+def test_layout_analysis_reused_only_while_the_file_is_unchanged(usid_file):
+    first = _pos_values(usid_file.path, usid_file.dataset)
+    assert _pos_values(usid_file.path, usid_file.dataset) is first  # unchanged file: not analysed again
+    with h5py.File(usid_file.path, "r+") as f:  # same datasets, same shape, new values
+        vals = _anc(f, "Position_Values")
+        vals[...] = vals[()] * 2 + 1
+    changed = _pos_values(usid_file.path, usid_file.dataset)
+    assert changed is not first
+    for old, new in zip(first, changed):
+        np.testing.assert_array_equal(new, old * 2 + 1)
+
+
+def test_layouts_remembered_through_own_writes_within_a_computation(usid_file):
+    from lazyusid.layout import remembering_layouts
+
+    with remembering_layouts():
+        first = _pos_values(usid_file.path, usid_file.dataset)
+        with h5py.File(usid_file.path, "r+") as f:  # the computation's own writes: a new group
+            f.create_group("results")
+        assert _pos_values(usid_file.path, usid_file.dataset) is first
+    with h5py.File(usid_file.path, "r+") as f:
+        f.create_group("more")
+    assert _pos_values(usid_file.path, usid_file.dataset) is not first  # outside: the file changed
+
+
+def test_layout_memo_keeps_files_apart(write_usid, tmp_path):
+    a = write_usid(filename="a.h5")
+    b = write_usid([Dimension("Y", "m", np.arange(16) * 3.0), Dimension("X", "m", 24)], filename="b.h5")
+    va, vb = _pos_values(a.path, a.dataset), _pos_values(b.path, b.dataset)
+    assert not np.array_equal(va[0], vb[0])
+    assert _pos_values(a.path, a.dataset) is va

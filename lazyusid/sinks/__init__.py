@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ..identity import computation_token, digest
-from ..layout import read_layout
+from ..layout import read_layout, remembering_layouts
 from .base import ResultShape, stream, todo_ranges
 from .hdf5 import HDF5Sink, _opened
 from .zarr import ZarrSink
@@ -74,28 +74,31 @@ def store_map(
     """
     if resume is not None and override:
         raise ValueError("pass either resume= (continue that group) or override=True (a new one), not both")
-    target = prepare_store(smap, store, pos_dims=pos_dims, extra_dims=extra_dims, group=group, tool=tool)
-    sink, shape, token = target.sink, target.shape, target.token
-    found = sink.find(token, resume)
-    computed = 0
-    if found and found[-1].complete and not override:
-        name = found[-1].name
-    else:
-        with sink.writing():
-            found = sink.find(token, resume)  # again, now that no one else can write
-            if found and found[-1].complete and not override:  # finished by another process meanwhile
-                name = found[-1].name
-            else:
-                partial = next((f for f in reversed(found) if not f.complete), None) if not override else None
-                done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
-                name = sink.name
-                ranges = todo_ranges(done, shape.rows_per_block)
-                computed = sum(b - a for a, b in ranges)
-                key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
-                try:
-                    stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
-                finally:
-                    sink.commit()  # flag every block written, also when a block failed
+    with remembering_layouts():  # the source's layout is read once, not per check and per output
+        target = prepare_store(smap, store, pos_dims=pos_dims, extra_dims=extra_dims, group=group, tool=tool)
+        sink, shape, token = target.sink, target.shape, target.token
+        found = sink.find(token, resume)
+        computed = 0
+        if found and found[-1].complete and not override:
+            name = found[-1].name
+        else:
+            with sink.writing():
+                found = sink.find(token, resume)  # again, now that no one else can write
+                if found and found[-1].complete and not override:  # finished by another process meanwhile
+                    name = found[-1].name
+                else:
+                    partial = (
+                        next((f for f in reversed(found) if not f.complete), None) if not override else None
+                    )
+                    done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
+                    name = sink.name
+                    ranges = todo_ranges(done, shape.rows_per_block)
+                    computed = sum(b - a for a, b in ranges)
+                    key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
+                    try:
+                        stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
+                    finally:
+                        sink.commit()  # flag every block written, also when a block failed
     out = _as_xarray(sink, name, shape, smap, token, result_dims)
     out.attrs["usid_rows_computed"] = computed
     return out

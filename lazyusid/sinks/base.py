@@ -79,13 +79,10 @@ def todo_ranges(done: np.ndarray, rows_per_block: int) -> list[tuple[int, int]]:
     >>> todo_ranges(np.array([1, 0, 0, 0, 1, 0], "u1"), 2)
     [(1, 3), (3, 4), (5, 6)]
     """
-    missing = np.flatnonzero(np.asarray(done) == 0)
-    if missing.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(missing) != 1) + 1
+    todo = np.concatenate(([False], np.asarray(done) == 0, [False]))
+    edges = np.flatnonzero(todo[1:] != todo[:-1]).reshape(-1, 2)  # [start, stop) of each run
     out = []
-    for run in np.split(missing, breaks):
-        start, stop = int(run[0]), int(run[-1]) + 1
+    for start, stop in edges.tolist():
         out.extend((a, min(a + rows_per_block, stop)) for a in range(start, stop, rows_per_block))
     return out
 
@@ -165,7 +162,9 @@ def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
     in_flight = max(1, smap.plan.blocks_in_flight)
     error: BaseException | None = None
     with ThreadPoolExecutor(in_flight, thread_name_prefix="lazyusid-block") as pool:
-        pending = {pool.submit(job, *r) for r in _take(todo, in_flight)}
+        # twice as many jobs as threads: a thread that finishes a block starts the next one at once
+        # (a queued job has read nothing yet, so it holds no memory)
+        pending = {pool.submit(job, *r) for r in _take(todo, 2 * in_flight)}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:

@@ -316,7 +316,7 @@ class HDF5Sink:
         if not self._pending:
             return
         self._file.flush()
-        for r0, r1 in self._pending:
+        for r0, r1 in _merged(self._pending):
             self._markers[r0:r1] = 1
             self._done[r0:r1] = 1
         self._prefix = _prefix(self._done, self._prefix)
@@ -347,6 +347,23 @@ class HDF5Sink:
             )
             out[o.name] = shape.variable(o, arr)
         return out
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Row ranges with touching ones joined: one write for the many blocks of a checkpoint.
+
+    Examples
+    --------
+    >>> _merged([(4, 6), (0, 2), (2, 4), (8, 9)])
+    [(0, 6), (8, 9)]
+    """
+    out: list[tuple[int, int]] = []
+    for r0, r1 in sorted(ranges):
+        if out and r0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(r1, out[-1][1]))
+        else:
+            out.append((r0, r1))
+    return out
 
 
 def _prefix(done: np.ndarray, start: int) -> int:
