@@ -8,6 +8,7 @@ to worker processes); :mod:`lazyusid.layout` decodes the metadata;
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,15 +146,10 @@ class FlatRows:
     def __dask_tokenize__(self):
         return (type(self).__name__, self.source.__dask_tokenize__(), self.core_shape)
 
-    def read(self, start: int, stop: int, dset: h5py.Dataset | None = None) -> np.ndarray:
-        """Positions ``start:stop``: only the rows that hold them are read (from ``dset`` if open)."""
+    def read(self, start: int, stop: int, read_rows: Callable | None = None) -> np.ndarray:
+        """Positions ``start:stop``: only the rows that hold them are read (with ``read_rows(r0, r1)``)."""
         r0, r1 = start // self.n_extra, -(-stop // self.n_extra)
-        if dset is None:
-            rows = self.source.read_rows(r0, r1)
-        else:
-            rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
-            if rows.size:
-                dset.read_direct(rows, np.s_[r0:r1])
+        rows = (read_rows or self.source.read_rows)(r0, r1)
         block = rows.reshape((-1, *self.core_shape))
         offset = start - r0 * self.n_extra
         if offset == 0 and block.shape[0] == stop - start:
@@ -165,10 +161,20 @@ class FlatRows:
         """Keep the file open (read-only) while reading many blocks; yields ``read(start, stop)``.
 
         Opening and closing the file for every block cost ~2 ms each on a 2 GiB file.
+        A contiguous dataset is not copied at all: see :func:`mapped_rows`.
         """
         with h5py.File(self.source.path, "r") as f:
             dset = f[self.source.dataset]
-            yield lambda start, stop: self.read(start, stop, dset)
+            with mapped_rows(dset) as mapped:
+
+                def read_direct(r0: int, r1: int) -> np.ndarray:
+                    rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
+                    if rows.size:
+                        dset.read_direct(rows, np.s_[r0:r1])
+                    return rows
+
+                read_rows = mapped or read_direct
+                yield lambda start, stop: self.read(start, stop, read_rows)
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -179,6 +185,61 @@ class FlatRows:
         block = self.read(start, max(start, stop))
         rest = key[1:]
         return block[(slice(None), *rest)] if rest else block
+
+
+@contextmanager
+def mapped_rows(dset: h5py.Dataset) -> Iterator[Callable[[int, int], np.ndarray] | None]:
+    """Rows of a contiguous dataset as memory maps of the file, or None when its bytes are not plain.
+
+    Yields ``rows(r0, r1)``, a writable array (copy on write: the file never
+    changes) over the rows' bytes in the page cache, for a contiguous,
+    allocated dataset in a plain (``sec2``) file whose stored type is the
+    native one of its dtype; else None. No copy is made: the function reads
+    the file's pages itself, on its own thread, instead of one thread
+    copying every block first (benchmark 2: 2 GiB mapped and computed in
+    less time than h5py takes only to read it). The first and last rows are
+    checked against h5py's own read.
+    """
+    offset = dset.id.get_offset()
+    plain = (
+        offset is not None
+        and dset.chunks is None
+        and not dset.external
+        and dset.file.driver == "sec2"
+        and dset.ndim == 2
+        and dset.shape[0] > 0
+        and dset.dtype.isnative
+        and not dset.dtype.hasobject
+        and dset.id.get_type() == h5py.h5t.py_create(dset.dtype)
+    )
+    if not plain:
+        yield None
+        return
+    width, dtype = dset.shape[1], dset.dtype
+    row_bytes = width * dtype.itemsize
+    with open(dset.file.filename, "rb") as fh:
+
+        def rows(r0: int, r1: int) -> np.ndarray:
+            if r1 <= r0 or row_bytes == 0:
+                return np.empty((max(0, r1 - r0), width), dtype=dtype)
+            start = offset + r0 * row_bytes
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            mapped = mmap.mmap(
+                fh.fileno(), start - base + (r1 - r0) * row_bytes, access=mmap.ACCESS_COPY, offset=base
+            )
+            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_WILLNEED"):  # start reading a cold file now
+                mapped.madvise(mmap.MADV_WILLNEED)
+            return np.frombuffer(mapped, dtype, count=(r1 - r0) * width, offset=start - base).reshape(
+                r1 - r0, width
+            )
+
+        last = dset.shape[0] - 1
+        if np.array_equal(rows(0, 1), dset[0:1], equal_nan=dtype.kind in "fc") and np.array_equal(
+            rows(last, last + 1), dset[last : last + 1], equal_nan=dtype.kind in "fc"
+        ):
+            yield rows
+        else:
+            yield None
 
 
 def flat_rows(data: xr.DataArray, n_core_dims: int) -> FlatRows | None:

@@ -9,6 +9,7 @@ rows, so a row's checkpoint flag covers all of its values.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -145,14 +146,23 @@ def stream(
 def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
     function, executor = smap.function, smap.executor
     io_lock = threading.Lock()  # one HDF5 access at a time in this process: reads here, writes in `write`
+    failed = threading.Event()  # once a block fails, queued blocks are skipped
 
     def job(r0: int, r1: int):
+        if failed.is_set():
+            return None
         a, b = r0 * n_extra, r1 * n_extra
-        with io_lock:
-            block = read(a, b)
-        outs = executor.run(
-            function.evaluate, block, first=a, loop_shape=smap.loop_shape, loop_dims=smap.loop_dims
-        )
+        try:
+            with io_lock:
+                block = read(a, b)
+            outs = executor.run(
+                function.evaluate, block, first=a, loop_shape=smap.loop_shape, loop_dims=smap.loop_dims
+            )
+        except BaseException as exc:
+            failed.set()
+            with contextlib.suppress(AttributeError, TypeError):  # which block failed, for _failed_at
+                exc.__lazyusid_block__ = a  # type: ignore[attr-defined]
+            raise
         return r0, r1, outs
 
     total = len(ranges)
@@ -169,9 +179,12 @@ def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 try:
-                    r0, r1, outs = fut.result()
-                except BaseException as exc:
-                    error = error or exc
+                    done = fut.result()
+                    if done is None:  # skipped after a failure
+                        continue
+                    r0, r1, outs = done
+                except BaseException as exc:  # report the failure at the first position, whatever the order
+                    error = exc if error is None else min(error, exc, key=_failed_at)
                     continue
                 with io_lock:
                     write(r0, r1, outs)
@@ -183,6 +196,12 @@ def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
         if progress_key is not None:
             _progress.close(progress_key)
         raise error
+
+
+def _failed_at(exc: BaseException) -> int:
+    """The first position of the failed block (the function's own errors name the exact position)."""
+    position = getattr(exc, "position", None)
+    return position if isinstance(position, int) else getattr(exc, "__lazyusid_block__", 0)
 
 
 def _take(it: Iterator, n: int) -> list:

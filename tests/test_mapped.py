@@ -1,0 +1,114 @@
+"""Blocks of contiguous datasets mapped from the file (no copy): same values as h5py, file never changed."""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lazyusid
+from lazyusid import Dimension
+from lazyusid.open import mapped_rows
+
+SHAPE = (37, 11)
+
+
+def _file(path, data, **kwargs) -> str:
+    with h5py.File(path, "w", **{k: v for k, v in kwargs.items() if k == "userblock_size"}) as f:
+        f.create_dataset("x", data=data, **{k: v for k, v in kwargs.items() if k != "userblock_size"})
+    return str(path)
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+@pytest.mark.parametrize("dtype", ["f4", "f8", "c8", "c16", "i2", "u8"])
+@pytest.mark.parametrize("userblock", [0, 1024])
+def test_mapped_rows_equal_h5py(tmp_path, dtype, userblock):
+    data = (np.random.default_rng(0).normal(size=SHAPE) * 100).astype(dtype)
+    if np.dtype(dtype).kind == "c":
+        data = data + 1j * data[::-1]
+    path = _file(tmp_path / "a.h5", data, userblock_size=userblock)
+    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+        assert rows is not None
+        for r0, r1 in [(0, 1), (0, 37), (5, 19), (36, 37), (3, 3)]:
+            block = rows(r0, r1)
+            assert block.dtype == data.dtype and block.flags.writeable
+            np.testing.assert_array_equal(block, data[r0:r1])
+
+
+@given(st.integers(0, SHAPE[0]), st.integers(0, SHAPE[0]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_run_of_rows(tmp_path, a, b):
+    a, b = min(a, b), max(a, b)
+    data = np.arange(np.prod(SHAPE), dtype="f4").reshape(SHAPE)
+    path = _file(tmp_path / "h.h5", data)
+    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+        np.testing.assert_array_equal(rows(a, b), data[a:b])
+
+
+@pytest.mark.parametrize(
+    "kwargs, dtype",
+    [
+        ({"chunks": (4, 11)}, "f4"),  # chunked: bytes are not one run
+        ({"chunks": (4, 11), "compression": "gzip"}, "f4"),
+        ({}, ">f4"),  # big-endian on disk: not the native bytes
+    ],
+)
+def test_not_mapped_when_bytes_are_not_plain(tmp_path, kwargs, dtype):
+    data = np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(dtype)
+    path = _file(tmp_path / "b.h5", data, **kwargs)
+    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+        assert rows is None
+
+
+def test_unallocated_dataset_not_mapped(tmp_path):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=SHAPE, dtype="f4")
+    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+        assert rows is None
+
+
+def _usid(write_usid, **kwargs):
+    return write_usid(
+        [Dimension("Y", "m", 6), Dimension("X", "m", 7)], [Dimension("Frequency", "Hz", 9)], **kwargs
+    )
+
+
+def _zero_in_place(block):
+    """A function that overwrites its input (allowed: blocks are the function's own)."""
+    peak = np.abs(block).max(axis=-1)
+    block[...] = 0
+    return peak
+
+
+@pytest.mark.parametrize("chunks", [None, (5, 9)])
+def test_functions_may_change_their_block_but_never_the_file(write_usid, tmp_path, chunks):
+    written = _usid(write_usid, chunks=chunks)
+    with h5py.File(written.path, "r") as f, mapped_rows(f[written.dataset]) as rows:
+        assert (rows is None) == (chunks is not None)  # both ways of reading are exercised
+    out = tmp_path / "results.h5"
+    before = sha256(written.path)
+    data = lazyusid.open_usid(written.path)
+    result = lazyusid.map_spectra(data, _zero_in_place, vectorized=True, store=out, progress=False)
+    np.testing.assert_array_equal(result.values, np.abs(written.data).max(axis=-1))
+    assert sha256(written.path) == before
+    np.testing.assert_array_equal(lazyusid.open_usid(written.path).values, written.data)
+
+
+@pytest.mark.parametrize("chunks", [None, (5, 9)])
+def test_stored_result_same_for_mapped_and_chunked_sources(write_usid, chunks):
+    written = _usid(write_usid, chunks=chunks, dtype="c8")
+    data = lazyusid.open_usid(written.path)
+    result = lazyusid.map_spectra(
+        data, lambda b: np.abs(b).max(axis=-1), vectorized=True, store=written.path, progress=False
+    )
+    expected = np.array([[np.abs(s).max() for s in row] for row in written.data])
+    np.testing.assert_array_equal(result.values, expected)
