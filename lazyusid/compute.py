@@ -23,7 +23,7 @@ import xarray as xr
 
 from . import progress as _progress
 from .function import Output, OutputsLike, SpectralFunction, infer_outputs
-from .open import FlatRows, flat_rows
+from .open import BlockReader, FlatRows, flat_rows
 from .parallel import Executor, _in_distributed_worker, choose_executor
 from .plan import BlockPlan, BudgetLike, plan_blocks
 
@@ -92,23 +92,23 @@ class SpectralMap:
         return arr.rechunk(chunks)
 
     @contextmanager
-    def reading_blocks(self) -> Iterator[Callable[[int, int], np.ndarray]]:
-        """Yield a function reading positions ``a:b`` of the flat input into memory (in the calling thread).
+    def reading_blocks(self) -> Iterator[BlockReader]:
+        """Yield a :class:`~lazyusid.open.BlockReader` of positions ``a:b`` of the flat input.
 
         An untouched :func:`open_usid` source is held open meanwhile and
         read directly, exactly the rows of each block.
         """
         rows = self.flat_rows
         if rows is not None:
-            with rows.reading() as read:
-                yield read
+            with rows.reading() as reader:
+                yield reader
             return
         flat = self.flat_input()
 
         def read(a: int, b: int) -> np.ndarray:
             return np.asarray(flat[a:b].compute(scheduler="sync"))
 
-        yield read
+        yield BlockReader(read)
 
     def block_tasks(self) -> list:
         """One delayed task per block, each returning a tuple of output arrays."""

@@ -8,10 +8,12 @@ to worker processes); :mod:`lazyusid.layout` decodes the metadata;
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -107,6 +109,23 @@ class H5Source:
         return block[rest]
 
 
+@dataclass(frozen=True)
+class BlockReader:
+    """How the engine gets blocks of positions ``a:b``.
+
+    Attributes
+    ----------
+    read : callable
+        ``read(a, b) -> ndarray`` in this process, one call at a time.
+    anywhere : callable or None
+        Picklable: any process of this machine can call it to read a block
+        itself (worker processes then receive no data), or None.
+    """
+
+    read: Callable[[int, int], np.ndarray]
+    anywhere: Callable[[int, int], np.ndarray] | None = None
+
+
 class FlatRows:
     """A main dataset as flat positions ``(rows × n_extra, *core_shape)``, read a block at a time.
 
@@ -157,24 +176,27 @@ class FlatRows:
         return block[offset : offset + stop - start].copy()  # do not hold the rest of the rows
 
     @contextmanager
-    def reading(self) -> Iterator[Callable[[int, int], np.ndarray]]:
-        """Keep the file open (read-only) while reading many blocks; yields ``read(start, stop)``.
+    def reading(self) -> Iterator[BlockReader]:
+        """Keep the file open (read-only) while reading many blocks; yields a :class:`BlockReader`.
 
         Opening and closing the file for every block cost ~2 ms each on a 2 GiB file.
-        A contiguous dataset is not copied at all: see :func:`mapped_rows`.
+        A contiguous dataset is not copied at all, and worker processes can map
+        their blocks themselves: see :class:`MappedRows`.
         """
         with h5py.File(self.source.path, "r") as f:
             dset = f[self.source.dataset]
-            with mapped_rows(dset) as mapped:
+            mapped = mapped_rows(dset)
 
-                def read_direct(r0: int, r1: int) -> np.ndarray:
-                    rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
-                    if rows.size:
-                        dset.read_direct(rows, np.s_[r0:r1])
-                    return rows
+            def read_direct(r0: int, r1: int) -> np.ndarray:
+                rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
+                if rows.size:
+                    dset.read_direct(rows, np.s_[r0:r1])
+                return rows
 
-                read_rows = mapped or read_direct
-                yield lambda start, stop: self.read(start, stop, read_rows)
+            yield BlockReader(
+                read=functools.partial(self.read, read_rows=mapped or read_direct),
+                anywhere=None if mapped is None else functools.partial(self.read, read_rows=mapped),
+            )
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -187,18 +209,48 @@ class FlatRows:
         return block[(slice(None), *rest)] if rest else block
 
 
-@contextmanager
-def mapped_rows(dset: h5py.Dataset) -> Iterator[Callable[[int, int], np.ndarray] | None]:
-    """Rows of a contiguous dataset as memory maps of the file, or None when its bytes are not plain.
+class MappedRows:
+    """Rows of a contiguous dataset, mapped from the file's bytes: no copy, in any process of this machine.
 
-    Yields ``rows(r0, r1)``, a writable array (copy on write: the file never
-    changes) over the rows' bytes in the page cache, for a contiguous,
-    allocated dataset in a plain (``sec2``) file whose stored type is the
-    native one of its dtype; else None. No copy is made: the function reads
-    the file's pages itself, on its own thread, instead of one thread
-    copying every block first (benchmark 2: 2 GiB mapped and computed in
-    less time than h5py takes only to read it). The first and last rows are
-    checked against h5py's own read.
+    ``rows(r0, r1)`` is a writable array (copy on write: the file never
+    changes) over the rows' bytes in the page cache. The function then reads
+    the file's pages itself, on its own thread or process, instead of one
+    thread copying every block first (benchmark 2: 2 GiB mapped and computed
+    in less time than h5py takes only to read it); worker processes map
+    their blocks themselves instead of receiving them (benchmark 3). Needs
+    no HDF5 library, so no HDF5 file lock. Build with :func:`mapped_rows`.
+    """
+
+    def __init__(self, path: str, offset: int, width: int, dtype):
+        self.path, self.offset, self.width, self.dtype = path, int(offset), int(width), np.dtype(dtype)
+
+    def __repr__(self) -> str:
+        return f"MappedRows({self.path!r}, offset={self.offset}, width={self.width}, dtype={self.dtype})"
+
+    def __call__(self, r0: int, r1: int) -> np.ndarray:
+        n = max(0, r1 - r0)
+        row_bytes = self.width * self.dtype.itemsize
+        if n == 0 or row_bytes == 0:
+            return np.empty((n, self.width), dtype=self.dtype)
+        start = self.offset + r0 * row_bytes
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as fh:  # the map keeps its own handle
+            mapped = mmap.mmap(
+                fh.fileno(), start - base + n * row_bytes, access=mmap.ACCESS_COPY, offset=base
+            )
+        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_WILLNEED"):  # start reading a cold file now
+            mapped.madvise(mmap.MADV_WILLNEED)
+        return np.frombuffer(mapped, self.dtype, count=n * self.width, offset=start - base).reshape(
+            n, self.width
+        )
+
+
+def mapped_rows(dset: h5py.Dataset) -> MappedRows | None:
+    """:class:`MappedRows` of ``dset``, or None when its bytes are not one plain run in the file.
+
+    Mapped: a contiguous, allocated 2-D dataset in a plain (``sec2``) file
+    whose stored type is the native one of its dtype. The first and last
+    rows are checked against h5py's own read.
     """
     offset = dset.id.get_offset()
     plain = (
@@ -213,33 +265,14 @@ def mapped_rows(dset: h5py.Dataset) -> Iterator[Callable[[int, int], np.ndarray]
         and dset.id.get_type() == h5py.h5t.py_create(dset.dtype)
     )
     if not plain:
-        yield None
-        return
-    width, dtype = dset.shape[1], dset.dtype
-    row_bytes = width * dtype.itemsize
-    with open(dset.file.filename, "rb") as fh:
-
-        def rows(r0: int, r1: int) -> np.ndarray:
-            if r1 <= r0 or row_bytes == 0:
-                return np.empty((max(0, r1 - r0), width), dtype=dtype)
-            start = offset + r0 * row_bytes
-            base = start - start % mmap.ALLOCATIONGRANULARITY
-            mapped = mmap.mmap(
-                fh.fileno(), start - base + (r1 - r0) * row_bytes, access=mmap.ACCESS_COPY, offset=base
-            )
-            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_WILLNEED"):  # start reading a cold file now
-                mapped.madvise(mmap.MADV_WILLNEED)
-            return np.frombuffer(mapped, dtype, count=(r1 - r0) * width, offset=start - base).reshape(
-                r1 - r0, width
-            )
-
-        last = dset.shape[0] - 1
-        if np.array_equal(rows(0, 1), dset[0:1], equal_nan=dtype.kind in "fc") and np.array_equal(
-            rows(last, last + 1), dset[last : last + 1], equal_nan=dtype.kind in "fc"
-        ):
-            yield rows
-        else:
-            yield None
+        return None
+    rows = MappedRows(os.path.abspath(dset.file.filename), offset, dset.shape[1], dset.dtype)
+    nan = dset.dtype.kind in "fc"
+    last = dset.shape[0] - 1
+    same = np.array_equal(rows(0, 1), dset[0:1], equal_nan=nan) and np.array_equal(
+        rows(last, last + 1), dset[last : last + 1], equal_nan=nan
+    )
+    return rows if same else None
 
 
 def flat_rows(data: xr.DataArray, n_core_dims: int) -> FlatRows | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import h5py
 import numpy as np
@@ -35,7 +36,8 @@ def test_mapped_rows_equal_h5py(tmp_path, dtype, userblock):
     if np.dtype(dtype).kind == "c":
         data = data + 1j * data[::-1]
     path = _file(tmp_path / "a.h5", data, userblock_size=userblock)
-    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+    with h5py.File(path, "r") as f:
+        rows = mapped_rows(f["x"])
         assert rows is not None
         for r0, r1 in [(0, 1), (0, 37), (5, 19), (36, 37), (3, 3)]:
             block = rows(r0, r1)
@@ -49,7 +51,8 @@ def test_any_run_of_rows(tmp_path, a, b):
     a, b = min(a, b), max(a, b)
     data = np.arange(np.prod(SHAPE), dtype="f4").reshape(SHAPE)
     path = _file(tmp_path / "h.h5", data)
-    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+    with h5py.File(path, "r") as f:
+        rows = mapped_rows(f["x"])
         np.testing.assert_array_equal(rows(a, b), data[a:b])
 
 
@@ -64,7 +67,8 @@ def test_any_run_of_rows(tmp_path, a, b):
 def test_not_mapped_when_bytes_are_not_plain(tmp_path, kwargs, dtype):
     data = np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(dtype)
     path = _file(tmp_path / "b.h5", data, **kwargs)
-    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+    with h5py.File(path, "r") as f:
+        rows = mapped_rows(f["x"])
         assert rows is None
 
 
@@ -72,7 +76,8 @@ def test_unallocated_dataset_not_mapped(tmp_path):
     path = tmp_path / "c.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("x", shape=SHAPE, dtype="f4")
-    with h5py.File(path, "r") as f, mapped_rows(f["x"]) as rows:
+    with h5py.File(path, "r") as f:
+        rows = mapped_rows(f["x"])
         assert rows is None
 
 
@@ -92,7 +97,8 @@ def _zero_in_place(block):
 @pytest.mark.parametrize("chunks", [None, (5, 9)])
 def test_functions_may_change_their_block_but_never_the_file(write_usid, tmp_path, chunks):
     written = _usid(write_usid, chunks=chunks)
-    with h5py.File(written.path, "r") as f, mapped_rows(f[written.dataset]) as rows:
+    with h5py.File(written.path, "r") as f:
+        rows = mapped_rows(f[written.dataset])
         assert (rows is None) == (chunks is not None)  # both ways of reading are exercised
     out = tmp_path / "results.h5"
     before = sha256(written.path)
@@ -112,3 +118,53 @@ def test_stored_result_same_for_mapped_and_chunked_sources(write_usid, chunks):
     )
     expected = np.array([[np.abs(s).max() for s in row] for row in written.data])
     np.testing.assert_array_equal(result.values, expected)
+
+
+def _read_from_the_file(spectrum, parent: int) -> float:
+    """1.0 when a worker process (not ``parent``) got the spectrum as a view of a memory map of the file.
+
+    Slow enough (50 ms) that lazyusid runs it in worker processes.
+    """
+    import mmap
+    import os
+    import time
+
+    time.sleep(0.05)
+    if os.getpid() == parent:
+        return -1.0
+    base = spectrum
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return float(isinstance(getattr(base, "obj", base), mmap.mmap))
+
+
+@pytest.mark.parametrize("chunks, mapped", [(None, 1.0), ((5, 9), 0.0)])
+def test_worker_processes_map_their_own_blocks(write_usid, tmp_path, chunks, mapped):
+    """Contiguous source: lazyusid's worker processes receive (file, offset), never the block itself."""
+    written = _usid(write_usid, chunks=chunks)
+    data = lazyusid.open_usid(written.path)
+    got = lazyusid.map_spectra(
+        data,
+        _read_from_the_file,
+        params={"parent": os.getpid()},
+        cores=2,
+        store=tmp_path / "r.h5",
+        positions_per_block=7,
+        progress=False,
+    )
+    np.testing.assert_array_equal(got.values, np.full((6, 7), mapped))
+    peaks = lazyusid.map_spectra(
+        data, lambda s: float(np.abs(s).max()), cores=2, store=tmp_path / "p.h5", progress=False
+    )
+    np.testing.assert_array_equal(peaks.values, np.abs(written.data).max(axis=-1))
+
+
+def test_mapped_rows_pickle(tmp_path):
+    import pickle
+
+    data = np.arange(np.prod(SHAPE), dtype="c8").reshape(SHAPE)
+    path = _file(tmp_path / "p.h5", data)
+    with h5py.File(path, "r") as f:
+        rows = mapped_rows(f["x"])
+    again = pickle.loads(pickle.dumps(rows))
+    np.testing.assert_array_equal(again(4, 9), data[4:9])

@@ -139,25 +139,29 @@ def stream(
     """
     if not ranges:
         return
-    with smap.reading_blocks() as read:  # exactly the rows of a block, not the source's larger chunks
-        _stream(smap, ranges, n_extra, write, read, progress_key)
+    with smap.reading_blocks() as reader:  # exactly the rows of a block, not the source's larger chunks
+        _stream(smap, ranges, n_extra, write, reader, progress_key)
 
 
-def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
+def _stream(smap, ranges, n_extra: int, write, reader, progress_key) -> None:
     function, executor = smap.function, smap.executor
     io_lock = threading.Lock()  # one HDF5 access at a time in this process: reads here, writes in `write`
     failed = threading.Event()  # once a block fails, queued blocks are skipped
+    where = {"loop_shape": smap.loop_shape, "loop_dims": smap.loop_dims}
+    # lazyusid's own worker processes (this machine) read their blocks themselves when they can
+    remote_read = reader.anywhere if executor.kind == "processes" else None
 
     def job(r0: int, r1: int):
         if failed.is_set():
             return None
         a, b = r0 * n_extra, r1 * n_extra
         try:
-            with io_lock:
-                block = read(a, b)
-            outs = executor.run(
-                function.evaluate, block, first=a, loop_shape=smap.loop_shape, loop_dims=smap.loop_dims
-            )
+            if remote_read is not None:
+                outs = executor.run(_read_and_evaluate, function, remote_read, a, b, **where)
+            else:
+                with io_lock:
+                    block = reader.read(a, b)
+                outs = executor.run(function.evaluate, block, first=a, **where)
         except BaseException as exc:
             failed.set()
             with contextlib.suppress(AttributeError, TypeError):  # which block failed, for _failed_at
@@ -196,6 +200,11 @@ def _stream(smap, ranges, n_extra: int, write, read, progress_key) -> None:
         if progress_key is not None:
             _progress.close(progress_key)
         raise error
+
+
+def _read_and_evaluate(function, read, a: int, b: int, **where) -> tuple:
+    """Read positions ``a:b`` and evaluate the function on them (in a worker process)."""
+    return function.evaluate(read(a, b), first=a, **where)
 
 
 def _failed_at(exc: BaseException) -> int:
