@@ -118,14 +118,20 @@ def tiny_config(workdir: str) -> Config:
     )
 
 
-def be_file(cfg: Config, shape: tuple[int, int]) -> str:
-    """A synthetic BE-PFM file of ``shape`` = (n_y, n_x) in the work directory, generated once."""
+def be_file(cfg: Config, shape: tuple[int, int], chunks: tuple[int, int] | None = None) -> str:
+    """A synthetic BE-PFM file of ``shape`` = (n_y, n_x) in the work directory, generated once.
+
+    Contiguous, or chunked with ``chunks`` = (positions, frequencies).
+    """
     from lazyusid.datasets import make_be_pfm
 
     n_y, n_x = shape
-    path = os.path.join(cfg.workdir, f"be_{n_y}x{n_x}.h5")
+    if chunks is not None:
+        chunks = (min(chunks[0], n_y * n_x), min(chunks[1], 119))
+    suffix = "" if chunks is None else f"_chunks{chunks[0]}x{chunks[1]}"
+    path = os.path.join(cfg.workdir, f"be_{n_y}x{n_x}{suffix}.h5")
     if not os.path.exists(path):
-        make_be_pfm(path, n_x=n_x, n_y=n_y)
+        make_be_pfm(path, n_x=n_x, n_y=n_y, chunks=chunks)
     return path
 
 

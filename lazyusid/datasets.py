@@ -333,6 +333,7 @@ def make_be_pfm(
     quality_range: tuple[float, float] = (60.0, 250.0),
     phase_range: tuple[float, float] = (-math.pi / 2, math.pi / 2),
     overwrite: bool = False,
+    chunks: tuple[int, int] | None = None,
 ) -> BEGroundTruth:
     """Write a synthetic BE-PFM USID file and return its ground truth.
 
@@ -380,6 +381,9 @@ def make_be_pfm(
         Range of ``φ`` in radians, within [−π, π] (default ±π/2).
     overwrite : bool
         Replace ``path`` if it exists (default: raise ``FileExistsError``).
+    chunks : (int, int), optional
+        HDF5 chunk shape ``(positions, spectroscopic points)`` of the main
+        dataset. Default: contiguous, as instruments usually write it.
 
     Returns
     -------
@@ -407,7 +411,7 @@ def make_be_pfm(
         "BE_band_width_[Hz]": f_max - f_min,
     }
     spec_dims = [Dimension("Frequency", "Hz", freqs)]
-    _write_file(path, truth, spec_dims, pixel_size, attrs, "make_be_pfm", overwrite)
+    _write_file(path, truth, spec_dims, pixel_size, attrs, "make_be_pfm", overwrite, chunks)
     return truth
 
 
@@ -431,6 +435,7 @@ def make_beps(
     coercive_range: tuple[float, float] = (2.0, 6.0),
     switching_width: float = 1.0,
     overwrite: bool = False,
+    chunks: tuple[int, int] | None = None,
 ) -> BEPSGroundTruth:
     """Write a synthetic BEPS (switching spectroscopy) USID file and return its ground truth.
 
@@ -450,7 +455,7 @@ def make_beps(
 
     Parameters
     ----------
-    path, n_x, n_y, n_freq, f_min, f_max, noise, seed, overwrite
+    path, n_x, n_y, n_freq, f_min, f_max, noise, seed, overwrite, chunks
         As in :func:`make_be_pfm`.
     n_dc : int
         Number of DC steps in the triangle waveform (a multiple of 4 hits
@@ -507,7 +512,7 @@ def make_beps(
         "BE_band_width_[Hz]": f_max - f_min,
     }
     spec_dims = [Dimension("DC_Offset", "V", dc), Dimension("Frequency", "Hz", freqs)]
-    _write_file(path, truth, spec_dims, pixel_size, attrs, "make_beps", overwrite)
+    _write_file(path, truth, spec_dims, pixel_size, attrs, "make_beps", overwrite, chunks)
     return truth
 
 
@@ -666,7 +671,14 @@ def _mean_on_resonance(maps: dict[str, np.ndarray]) -> float:
 
 
 def _write_file(
-    path, truth: BEGroundTruth, spec_dims: Sequence[Dimension], pixel_size, attrs, generator, overwrite
+    path,
+    truth: BEGroundTruth,
+    spec_dims: Sequence[Dimension],
+    pixel_size,
+    attrs,
+    generator,
+    overwrite,
+    chunks,
 ):
     """Write the file to ``<path>.partial``, then rename it to ``path``."""
     path = os.fspath(path)
@@ -694,6 +706,7 @@ def _write_file(
                     Dimension("X", "m", np.arange(n_x) * pixel_size),
                 ],
                 spec_dims=spec_dims,
+                chunks=None if chunks is None else tuple(chunks),
             )
             _write_data(dset, truth)
             _write_truth(f, truth, generator)

@@ -473,3 +473,12 @@ def test_a_1_gib_file_is_written_with_bounded_memory(tmp_path):
     assert extra < 400e6, (
         f"peak memory {extra / 2**20:.0f} MiB above baseline for a {size / 2**30:.2f} GiB file"
     )
+
+
+def test_chunked_file_holds_the_same_values(tmp_path):
+    a, b = tmp_path / "contiguous.h5", tmp_path / "chunked.h5"
+    make_be_pfm(a, n_x=12, n_y=10, n_freq=31)
+    make_be_pfm(b, n_x=12, n_y=10, n_freq=31, chunks=(16, 31))
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert fa[MAIN_DATASET].chunks is None and fb[MAIN_DATASET].chunks == (16, 31)
+        np.testing.assert_array_equal(fa[MAIN_DATASET][()], fb[MAIN_DATASET][()])

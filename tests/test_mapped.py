@@ -168,3 +168,30 @@ def test_mapped_rows_pickle(tmp_path):
         rows = mapped_rows(f["x"])
     again = pickle.loads(pickle.dumps(rows))
     np.testing.assert_array_equal(again(4, 9), data[4:9])
+
+
+def _slow_peak(spectrum) -> float:
+    import time
+
+    time.sleep(0.05)  # slow enough for worker processes
+    return float(np.abs(spectrum).max())
+
+
+@pytest.mark.parametrize("chunks", [None, (6, 8192)])
+def test_large_blocks_reach_worker_processes_intact(write_usid, tmp_path, chunks):
+    """Blocks over SCATTER_BYTES are scattered to a worker (chunked source) or mapped by it (contiguous)."""
+    from lazyusid.parallel import SCATTER_BYTES
+
+    written = write_usid(
+        [Dimension("Y", "m", 6), Dimension("X", "m", 7)], [Dimension("Frequency", "Hz", 8192)], chunks=chunks
+    )
+    assert written.data[:3].nbytes * 7 >= SCATTER_BYTES  # 3 rows of positions make one block
+    got = lazyusid.map_spectra(
+        lazyusid.open_usid(written.path),
+        _slow_peak,
+        cores=2,
+        store=tmp_path / "r.h5",
+        positions_per_block=21,
+        progress=False,
+    )
+    np.testing.assert_array_equal(got.values, np.abs(written.data).max(axis=-1))

@@ -161,6 +161,7 @@ def _stream(smap, ranges, n_extra: int, write, reader, progress_key) -> None:
             else:
                 with io_lock:
                     block = reader.read(a, b)
+                block = executor.put(block)  # on a worker already: this process keeps no copy
                 outs = executor.run(function.evaluate, block, first=a, **where)
         except BaseException as exc:
             failed.set()
