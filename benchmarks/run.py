@@ -92,38 +92,34 @@ def text_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-#: what profiling found behind the misses (py-spy, pyinstrument; see the issue-6 report)
-NOTES = """## What limits the misses (profiled 2026-11-25 on this machine)
+#: what profiling found behind the misses and what changed (py-spy, pyinstrument; see the issue-6 notes)
+NOTES = """## What limits the misses, and what was fixed (profiled 2026-11-25 on this machine)
 
-- **1, ≥ 1.15× pyUSID**: pyUSID's `Process` (joblib `multiprocessing` pool, 2 cores) runs at
-  ~95% of a plain `multiprocessing.Pool(2)` (the machine-ceiling row): 1.15× faster than pyUSID
-  would be faster than two bare processes splitting the in-memory array, which is not possible on
-  2 cores for a CPU-bound function. lazyusid spends about the CPU of the serial loop (0.95–1.04× across
-  runs: client reading and pickling blocks, dask worker bookkeeping) and loses a little to the tail
-  of the last blocks; a
-  task-stream timeline showed no gaps between blocks. On a loaded machine (load average above 2)
-  every parallel row drops with the ceiling row. The **fresh-process** row also pays for starting a
-  `distributed.LocalCluster` (2 nannies + 2 workers importing dask/distributed, ~2–9 s here)
-  against pyUSID's forked pool; proposed: a lighter local process pool when no `Client` is given
-  (`lazyusid/parallel.py`).
-- **2, ≥ 70% of h5py's read**: the function costs more than the read: `abs` of complex64 and `max`
-  run at ~2–4 GB/s per core, `read_direct` at ~6–7 GB/s, so the engine-free "by hand" row (2 threads,
-  nothing stored) itself reaches only about 70% on the 2 GiB file. What lazyusid adds, profiled on the 2.4 M-position file:
-  `read_layout` runs twice per call in the sink (`_same_positions`, and `write_main`'s check of the
-  reused ancillaries: ~0.1–0.2 s each, growing with the number of positions;
-  `lazyusid/sinks/__init__.py`, `lazyusid/write.py`; proposed: reuse the layout `open_usid` already
-  read). With a checkpoint after every block (before the sink batched checkpoints to at most one per
-  second), `HDF5Sink.commit` → `_prefix` rescanned all remaining flags with `np.flatnonzero`
-  (~4 ms per block at 2.4 M rows); with `argmin` that overhead fell from +12.5% to +0% side by side
-  (proposed for `lazyusid/sinks/hdf5.py`). Blocks are now capped at 32 MiB of input
-  (`lazyusid/plan.py`): 280 MiB blocks ran ~2× slower; the source's rows are read directly, one
-  `read_direct` per block, with the file held open (`lazyusid/open.py`, `FlatRows`).
-- **3, per-spectrum memory**: blocks for worker processes travel through the client's in-process
-  dask scheduler. With 4 blocks of 33 MB in flight the main process grew by ~340 MB (about ten
-  block-sized copies: the blocks themselves, most likely their pickled tasks and the scheduler's
-  copies; not traced further) and the workers by ~80 MB each, so the peak is ~2× the plan's
-  projection (the row shows main process and workers apart). Proposed: count those copies in the plan
-  (`prepare_map` → `plan_blocks`), or `scatter` blocks straight to a worker (`lazyusid/parallel.py`).
+- **1, ≥ 1.15× pyUSID — not reachable on 2 cores.** pyUSID's `Process` (joblib pool, 2 cores) runs
+  at 99–101% of a plain `multiprocessing.Pool(2)` splitting the in-memory array (the machine-ceiling
+  row; the function alone costs ~1.5 ms per spectrum and takes ≥ 95% of every contender's CPU;
+  garbage collection settings change nothing). 1.15× faster than pyUSID would be ~13% faster than
+  two bare processes running the same function, which a CPU-bound function on 2 cores does not allow.
+  lazyusid runs at 0.96–0.99× of that ceiling in session. The **fresh-process** row also pays for
+  its worker processes importing lazyusid and scipy.signal on their first task (~1.4 s,
+  `python -X importtime`) and the LocalCluster start (~0.4–0.6 s on a quiet machine); pyUSID pays
+  `import pyUSID` (~2.3 s).
+- **2, ≥ 70% of h5py's read — met.** Three causes found and fixed: (a) 32 MiB blocks were slower
+  than 16 MiB (glibc serves requests of 32 MiB and more with fresh pages every time; 16 MiB blocks
+  stay in cache): 0.52 → 0.33 s by hand; `plan.MAX_BLOCK_INPUT_BYTES` is now 16 MiB. (b) The sink
+  analysed the source's 2.4 M position indices twice per call (~0.12 s each): a layout is now
+  analysed once per unchanged file (`layout.remembering_layouts`). (c) One thread copying every block
+  (`read_direct`, serial under HDF5's lock) while the other computes: contiguous datasets are now
+  mapped from the file instead (`open.MappedRows`, copy-on-write, checked against h5py), so each
+  thread reads its own pages: lazyusid then computes and stores in ~1.2× the time h5py takes only to
+  read. The baseline is the fastest `read_direct` of 16/32/64 MiB blocks (64 MiB alone, as before,
+  was ~25% slower and flattered lazyusid).
+- **3, memory — met.** With 2 worker processes the client used to hold ~10 block-sized copies
+  (blocks, pickled tasks, the in-process scheduler's copies): 475 MiB over baseline. Worker processes
+  now map their own blocks of a contiguous source (the client sends file, offset and rows), and
+  blocks of other sources are scattered straight to a worker. The chunked-source row still grows
+  ~1.6× the plan's projection: glibc keeps freed blocks in per-thread arenas (the same run with
+  `MALLOC_ARENA_MAX=1`: +55 MiB instead of +137 MiB in the client).
 """
 
 
@@ -170,7 +166,7 @@ Ratios are measured side by side in this one run, repeats interleaved; times are
 - **2**: from a warm page cache; lazyusid's time is `map_spectra(vectorized=True, store=<source>,
   override=True)` (plan, reads, function, writes with checkpoints); h5py reads row blocks of
   64 MiB (`d[a:b]`) and of 16, 32 and 64 MiB into one reused buffer (`read_direct`, the fastest counts).
-  "By hand" is the engine-free equivalent (h5py `read_direct` of 32 MiB blocks under a lock, the
+  "By hand" is the engine-free equivalent (h5py `read_direct` of 16 MiB blocks under a lock, the
   function on 2 threads, nothing stored).
 - **3**: summed RSS of the child process and all its descendants, sampled every 10 ms; the
   baseline is measured in the same child after imports (and after starting the worker processes,
