@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 
@@ -147,6 +148,7 @@ def resume(cfg: Config, log) -> list[Row]:
 
     def run_once():
         counter.reset()
+        data = lazyusid.open_usid(path)  # not timed, as for the resumed run
         return timed(
             lambda: lazyusid.map_spectra(
                 data, counted_abs_max_block, vectorized=True, store=path, override=True, progress=False
@@ -165,9 +167,15 @@ def resume(cfg: Config, log) -> list[Row]:
             grp["counted_abs_max_block"][half:] = np.nan
             grp.attrs["last_pixel"] = half
         counter.reset()
+        reopened = lazyusid.open_usid(path)  # as a new session would, after a crash; not timed
         t_resume, again = timed(
-            lambda: lazyusid.map_spectra(
-                data, counted_abs_max_block, vectorized=True, store=path, progress=False
+            functools.partial(
+                lazyusid.map_spectra,
+                reopened,
+                counted_abs_max_block,
+                vectorized=True,
+                store=path,
+                progress=False,
             )
         )
         computed.append(counter.positions - 1)  # one spectrum to infer the outputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from contextlib import contextmanager
@@ -13,6 +14,30 @@ from .errors import DatasetSelectionError, StoreBusyError
 from .layout import is_main, read_layout
 
 PathLike = str | os.PathLike
+
+
+#: errno values of a file system that cannot lock files at all (NFS without a lock daemon, ...)
+_NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+def raise_if_locked(exc: OSError, busy: str) -> None:
+    """Raise :class:`StoreBusyError` (``busy``) when ``exc`` is HDF5's file lock refusing the open.
+
+    A file system that cannot lock at all (``errno`` ENOLCK, ENOSYS,
+    EOPNOTSUPP in HDF5's message) raises an ``OSError`` that says how to turn
+    HDF5's locking off instead. Any other error returns.
+    """
+    text = str(exc)
+    found = re.search(r"errno = (\d+)", text)
+    code = int(found.group(1)) if found else getattr(exc, "errno", None)
+    if "unable to lock file" in text and code in _NO_LOCKING:
+        raise OSError(
+            f"this file system cannot lock files ({os.strerror(code)}), which HDF5 does by default: set the "
+            "environment variable HDF5_USE_FILE_LOCKING=FALSE before starting Python, and make sure that only "
+            "one process writes to a file at a time"
+        ) from exc
+    if isinstance(exc, BlockingIOError) or "unable to lock file" in text or code == errno.EAGAIN:
+        raise StoreBusyError(busy) from exc
 
 
 @contextmanager
@@ -27,11 +52,11 @@ def open_file(source: PathLike | h5py.File | h5py.Group, mode: str = "r"):
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
-        if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc):
-            raise StoreBusyError(
-                f"{path!r} is open for writing in another process (HDF5 file lock), e.g. a lazyusid "
-                "computation storing results into it; wait for it to finish, or read a copy"
-            ) from exc
+        raise_if_locked(
+            exc,
+            f"{path!r} is open for writing in another process (HDF5 file lock), e.g. a lazyusid "
+            "computation storing results into it; wait for it to finish, or read a copy",
+        )
         if not h5py.is_hdf5(path):
             raise OSError(f"{path!r} is not an HDF5 file") from exc
         raise

@@ -8,6 +8,7 @@ dimensions lives in :class:`Layout`.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -276,27 +277,23 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
 
     inds = h5_inds[()]
     vals = h5_vals[()]
-    if not spectroscopic:  # rows = dimensions from here on, each contiguous
-        inds, vals = np.ascontiguousarray(inds.T), np.ascontiguousarray(vals.T)
+    if not spectroscopic:  # rows = dimensions from here on (indices contiguous: scanned several times)
+        inds, vals = np.ascontiguousarray(inds.T), vals.T
     count = inds.shape[1]
-    sizes = tuple(_n_distinct(row) for row in inds)
     order = _slowest_first(inds)
     marked = any(
         "incomplete_dimensions" in ds.attrs or np.any(np.asarray(ds.attrs.get("type", 0)) == 1)
         for ds in (h5_inds, h5_vals)
     )
-    complete = not marked and _tiles(inds, order, sizes)
-    if complete:
-        values = []
-        for i in range(len(labels)):
-            first = np.zeros(sizes[i], dtype=np.intp)
-            # value of dimension i at its k-th step, where every other index is 0
-            others = np.delete(inds, i, axis=0)
-            at_origin = np.flatnonzero(~others.any(axis=0)) if others.size else np.arange(count)
-            first[inds[i, at_origin]] = at_origin
-            values.append(vals[i, first].copy())
+    sizes = None if marked else _grid_sizes(inds, order)
+    complete = sizes is not None
+    if complete:  # value of dimension i at its k-th step: at flat point k × (its stride in the grid)
+        sorted_sizes = [sizes[i] for i in order]
+        strides = {i: math.prod(sorted_sizes[j + 1 :]) for j, i in enumerate(order)}
+        values = [vals[i, np.arange(sizes[i]) * strides[i]] for i in range(len(labels))]
     else:
-        values = [row.copy() for row in vals]
+        sizes = tuple(_n_distinct(row) for row in inds)
+        values = [np.ascontiguousarray(row) for row in vals]
     return DimGroup(
         labels=labels,
         units=meta["units"],
@@ -317,17 +314,27 @@ def _n_distinct(row: np.ndarray) -> int:
 
 def _slowest_first(inds: np.ndarray) -> tuple[int, ...]:
     """Order of the rows of ``inds`` from slowest to fastest changing (as pyUSID sorts)."""
-    changes = (np.diff(inds, axis=1) != 0).sum(axis=1)
+    changes = np.count_nonzero(inds[:, 1:] != inds[:, :-1], axis=1)
     return tuple(int(i) for i in np.argsort(changes, kind="stable"))
 
 
-def _tiles(inds: np.ndarray, order, sizes) -> bool:
-    """Whether the indices are the full C-order grid of ``sizes`` (sorted slowest first)."""
+def _grid_sizes(inds: np.ndarray, order) -> tuple[int, ...] | None:
+    """Sizes (in row order) of the full C-order grid, slowest first in ``order``, that ``inds`` tile; or None.
+
+    Without building the grid: along each dimension the indices must count
+    0, 1, ... and repeat over every other dimension.
+    """
+    if inds.shape[1] == 0 or int(inds.min()) != 0:
+        return None
+    sizes = tuple(int(m) + 1 for m in inds.max(axis=1))
     sorted_sizes = [sizes[i] for i in order]
-    if int(np.prod(sorted_sizes)) != inds.shape[1]:
-        return False
-    grid = np.indices(sorted_sizes).reshape(len(sorted_sizes), -1)
-    return bool(np.array_equal(inds[list(order)], grid))
+    if math.prod(sorted_sizes) != inds.shape[1]:
+        return None
+    for j, i in enumerate(order):
+        steps = np.arange(sorted_sizes[j]).reshape([-1 if k == j else 1 for k in range(len(order))])
+        if not (inds[i].reshape(sorted_sizes) == steps).all():
+            return None
+    return sizes
 
 
 def _text(value):

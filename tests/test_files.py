@@ -157,3 +157,40 @@ def test_tree_of_open_file_and_incomplete_positions(write_raw_usid):
     with h5py.File(path) as f:
         text = lazyusid.tree(f)
     assert "USID main: Position=10 | Frequency=5" in text
+
+
+@pytest.mark.parametrize(
+    "message, busy",
+    [
+        (
+            "Unable to synchronously open file (unable to lock file, errno = 11, error message = "
+            "'Resource temporarily unavailable')",
+            True,
+        ),
+        (
+            "Unable to synchronously open file (unable to lock file, errno = 37, error message = "
+            "'No locks available')",
+            False,
+        ),
+        (
+            "Unable to synchronously open file (unable to lock file, errno = 38, error message = "
+            "'Function not implemented')",
+            False,
+        ),
+        ("Unable to synchronously open file (file signature not found)", None),
+    ],
+)
+def test_lock_errors_say_busy_or_how_to_turn_locking_off(message, busy):
+    from lazyusid.errors import StoreBusyError
+    from lazyusid.files import raise_if_locked
+
+    exc = OSError(message)
+    if busy is None:
+        raise_if_locked(exc, "busy")  # not a lock error: the caller handles it
+    elif busy:
+        with pytest.raises(StoreBusyError, match="busy"):
+            raise_if_locked(exc, "busy")
+    else:
+        with pytest.raises(OSError, match="HDF5_USE_FILE_LOCKING=FALSE") as info:
+            raise_if_locked(exc, "busy")
+        assert not isinstance(info.value, StoreBusyError)

@@ -14,7 +14,6 @@ leaves a group that lazyusid or pyUSID would take for a partial result.
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import re
@@ -30,6 +29,7 @@ import xarray as xr
 
 from ..dimension import Dimension
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
+from ..files import raise_if_locked
 from ..function import Output
 from ..identity import to_json
 from ..open import H5Source
@@ -450,15 +450,11 @@ def _opened(path: str, mode: str):
         f = h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
-        if (
-            isinstance(exc, BlockingIOError)
-            or "unable to lock file" in text
-            or getattr(exc, "errno", None) == errno.EAGAIN
-        ):
-            raise StoreBusyError(
-                f"{path} is open in another process (HDF5 file lock): another computation may be writing "
-                "results into it, or a program holds it open. Wait for it to finish, or choose another store."
-            ) from exc
+        raise_if_locked(
+            exc,
+            f"{path} is open in another process (HDF5 file lock): another computation may be writing "
+            "results into it, or a program holds it open. Wait for it to finish, or choose another store.",
+        )
         if "already open for read-only" in text:
             raise StoreBusyError(
                 f"{path} is open read-only in this process (an h5py.File you opened?); close it before "
