@@ -266,7 +266,8 @@ def map_spectra(
         numpy arrays.
     outputs : sequence of str or mapping, optional
         Names of the outputs (for a tuple result) or ``{name: dtype}``,
-        ``{name: {"dtype":, "shape":, "dims":}}`` or ``{name: Output}``.
+        ``{name: {"dtype":, "shape":, "dims":, "units":}}`` or ``{name: Output}``.
+        ``units`` (default ``"a. u."``) are stored with the values.
         Anything not declared is inferred by running ``func`` on the first
         real spectrum of the data.
     vectorized : bool

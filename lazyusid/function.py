@@ -16,6 +16,9 @@ import numpy as np
 
 from .errors import SpectralFunctionError
 
+#: units of an output that declares none: arbitrary units, as pyUSID writes them
+DEFAULT_UNITS = "a. u."
+
 
 @dataclass(frozen=True)
 class Output:
@@ -29,14 +32,20 @@ class Output:
     dtype : numpy dtype
     dims : tuple of str, optional
         Names of the new dimensions (default ``f"{name}_dim_{i}"``).
+    units : str
+        Units of the values, stored with them (the USID ``units`` attribute;
+        default ``"a. u."``, arbitrary units).
     """
 
     name: str
     shape: tuple[int, ...] = ()
     dtype: np.dtype = field(default=np.dtype("float64"))
     dims: tuple[str, ...] | None = None
+    units: str = DEFAULT_UNITS
 
     def __post_init__(self):
+        if not isinstance(self.units, str):
+            raise TypeError(f"output {self.name!r}: units must be a str, got {self.units!r}")
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
         dims = self.dims or tuple(f"{self.name}_dim_{i}" for i in range(len(self.shape)))
@@ -49,12 +58,10 @@ class Output:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "dtype": self.dtype.str,
-            "dims": list(self.dims),
-        }
+        out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.str, "dims": list(self.dims)}
+        if self.units != DEFAULT_UNITS:  # stored with the values: other units, another stored result
+            out["units"] = self.units
+        return out
 
 
 OutputsLike = None | Sequence[str] | Mapping[str, object]
@@ -219,18 +226,25 @@ def infer_outputs(
         if isinstance(spec, Output):
             result_outputs.append(spec)
             continue
-        dtype, dims = value.dtype, None
+        dtype, dims, units = value.dtype, None, DEFAULT_UNITS
         if isinstance(spec, Mapping):
+            unknown = set(spec) - {"dtype", "shape", "dims", "units"}
+            if unknown:
+                raise TypeError(
+                    f"output {name!r}: unknown keys {sorted(unknown)}; an output is declared with "
+                    "dtype, shape, dims and units"
+                )
             dtype = spec.get("dtype", dtype)
             shape = tuple(spec.get("shape", shape))
             dims = spec.get("dims")
+            units = spec.get("units", units)
         elif spec is not None:
             dtype = spec
         if np.dtype(dtype).kind in "OUS":
             raise TypeError(
                 f"output {name!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype)"
             )
-        result_outputs.append(Output(name, shape, dtype, dims))
+        result_outputs.append(Output(name, shape, dtype, dims, units))
     return tuple(result_outputs), single
 
 

@@ -719,3 +719,31 @@ def test_a_file_open_elsewhere_is_busy(scan, tmp_path):
         holder.communicate("")
     stored = lazyusid.map_spectra(data, band, store=results, **RUN)
     assert_matches_reference(stored, reference(data, band))
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "zarr"])
+def test_declared_units_are_stored_with_the_values(scan, tmp_path, kind, pyusid):
+    data = lazyusid.open_usid(scan)
+    store = tmp_path / ("units.zarr" if kind == "zarr" else "units.h5")
+    stored = lazyusid.map_spectra(data, peak, outputs={"peak": {"units": "V"}}, store=store, **RUN)
+    assert stored.attrs["units"] == "V"
+    if kind == "zarr":
+        assert xr.open_zarr(store, consolidated=False)["peak"].attrs["units"] == "V"
+    else:
+        with h5py.File(store, "r") as f:
+            main = f["Raw_Data-peak_000/peak"]
+            assert main.attrs["units"] == "V" and pyusid.hdf_utils.check_if_main(main)
+    # units are part of what is stored: the default ("a. u.") is another computation
+    if kind == "zarr":  # one computation per zarr store
+        with pytest.raises(lazyusid.StoreConflictError):
+            lazyusid.map_spectra(data, peak, store=store, **RUN)
+    else:
+        default = lazyusid.map_spectra(data, peak, store=store, **RUN)
+        assert default.attrs["units"] == "a. u." and default.attrs["usid_token"] != stored.attrs["usid_token"]
+    again = lazyusid.map_spectra(data, peak, outputs={"peak": {"units": "V"}}, store=store, **RUN)
+    assert again.attrs["usid_rows_computed"] == 0 and again.attrs["units"] == "V"
+
+
+def test_unknown_output_keys_are_refused(scan):
+    with pytest.raises(TypeError, match=r"unknown keys \['unit'\]"):
+        lazyusid.map_spectra(lazyusid.open_usid(scan), peak, outputs={"peak": {"unit": "V"}}, **RUN)

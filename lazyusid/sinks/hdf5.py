@@ -237,7 +237,7 @@ class HDF5Sink:
                     None,
                     name=out.name,
                     quantity=out.name,
-                    units="a. u.",
+                    units=out.units,
                     pos_dims=pos_dims,
                     spec_dims=_spec_dims(shape, out),
                     dtype=out.dtype,
@@ -346,6 +346,7 @@ class HDF5Sink:
                 name="usid-result-" + dask.base.tokenize(source, rows),
             )
             out[o.name] = shape.variable(o, arr)
+            out[o.name].attrs["units"] = o.units
         return out
 
 

@@ -123,7 +123,11 @@ class ZarrSink:
         for o in shape.outputs:
             full = shape.pos_shape + shape.extra_shape + o.shape
             chunks = pos_chunks + shape.extra_shape + o.shape
-            data_vars[o.name] = (shape.loop_dims + o.dims, da.zeros(full, dtype=o.dtype, chunks=chunks))
+            data_vars[o.name] = (
+                shape.loop_dims + o.dims,
+                da.zeros(full, dtype=o.dtype, chunks=chunks),
+                {"units": o.units},
+            )
         data_vars[MARKERS] = (shape.pos_dims, da.zeros(shape.pos_shape, dtype=np.uint8, chunks=pos_chunks))
         coords = {k: v for k, v in shape.coords.items()}
         attrs = {
