@@ -293,7 +293,9 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
         values = [vals[i, np.arange(sizes[i]) * strides[i]] for i in range(len(labels))]
     else:
         sizes = tuple(_n_distinct(row) for row in inds)
-        values = [np.ascontiguousarray(row) for row in vals]
+        values = [np.array(row) for row in vals]
+    for v in values:  # shared by every later read of an unchanged file (_read_group_once)
+        v.flags.writeable = False
     return DimGroup(
         labels=labels,
         units=meta["units"],
