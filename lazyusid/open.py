@@ -218,7 +218,10 @@ class MappedRows:
     thread copying every block first (benchmark 2: 2 GiB mapped and computed
     in less time than h5py takes only to read it); worker processes map
     their blocks themselves instead of receiving them (benchmark 3). Needs
-    no HDF5 library, so no HDF5 file lock. Build with :func:`mapped_rows`.
+    no HDF5 library, so no HDF5 file lock: it addresses bytes, valid only
+    while the file is not rewritten, so the engine uses it only while it
+    holds the file open read-only (:meth:`FlatRows.reading`), never in a
+    dask graph kept for later. Build with :func:`mapped_rows`.
     """
 
     def __init__(self, path: str, offset: int, width: int, dtype):
