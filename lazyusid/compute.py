@@ -23,7 +23,7 @@ import xarray as xr
 
 from . import progress as _progress
 from .function import Output, OutputsLike, SpectralFunction, infer_outputs
-from .open import BlockReader, FlatRows, flat_rows
+from .open import BlockReader, FlatRows, flat_rows, lazy_reads
 from .parallel import Executor, _in_distributed_worker, choose_executor
 from .plan import BlockPlan, BudgetLike, plan_blocks
 
@@ -76,15 +76,7 @@ class SpectralMap:
         chunks = (self.plan.positions_per_block,) + (-1,) * len(self.core_shape)
         rows = self.flat_rows
         if rows is not None:
-            return da.from_array(
-                rows,
-                chunks=chunks,
-                lock=False,
-                asarray=True,
-                inline_array=True,
-                meta=np.empty((0,) * rows.ndim, dtype=rows.dtype),
-                name="usid-flat-" + dask.base.tokenize(rows, chunks),
-            )
+            return lazy_reads(rows, chunks, "usid-flat-" + dask.base.tokenize(rows, chunks))
         arr = self.data.data
         if not isinstance(arr, da.Array):
             arr = da.from_array(np.asarray(arr), chunks=-1)

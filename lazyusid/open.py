@@ -278,6 +278,19 @@ def mapped_rows(dset: h5py.Dataset) -> MappedRows | None:
     return rows if same else None
 
 
+def lazy_reads(source, chunks, name: str) -> da.Array:
+    """A dask array whose tasks read ``source[...]`` (an :class:`H5Source` or :class:`FlatRows`) per chunk."""
+    return da.from_array(
+        source,
+        chunks=chunks,
+        lock=False,
+        asarray=True,
+        inline_array=True,
+        meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+        name=name,
+    )
+
+
 def flat_rows(data: xr.DataArray, n_core_dims: int) -> FlatRows | None:
     """Direct block reads for ``data``, if it is an untouched :func:`open_usid` array in file order.
 
@@ -342,15 +355,7 @@ def source_array(
         steps = positions_per_chunk(layout, chunk_bytes)
     chunks = (int(steps),) + source.shape[1:]
     read_name = "usid-" + dask.base.tokenize(source, chunks)
-    arr = da.from_array(
-        source,
-        chunks=chunks,
-        lock=False,
-        asarray=True,
-        inline_array=True,
-        meta=np.empty((0,) * source.ndim, dtype=source.dtype),
-        name=read_name,
-    )
+    arr = lazy_reads(source, chunks, read_name)
     if len(pos_sorted) < len(pos.sorted_shape):  # restore the leading dimensions of size 1
         arr = arr[(None,) * (len(pos.sorted_shape) - len(pos_sorted))]
     # from slowest-first back to the order of the labels in the file (as pyUSID)

@@ -22,7 +22,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import dask
-import dask.array as da
 import h5py
 import numpy as np
 import xarray as xr
@@ -32,7 +31,7 @@ from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..files import raise_if_locked
 from ..function import Output
 from ..identity import to_json
-from ..open import H5Source
+from ..open import H5Source, lazy_reads
 from ..write import bookkeeping_attrs, write_main
 from .base import MARKERS, ResultShape
 
@@ -336,15 +335,7 @@ class HDF5Sink:
             cols = shape.columns(o)
             source = H5Source(self.path, f"{path}/{o.name}", (shape.n_rows,), (cols,), o.dtype)
             rows = max(1, min(shape.n_rows, _CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
-            arr = da.from_array(
-                source,
-                chunks=(rows, cols),
-                lock=False,
-                asarray=True,
-                inline_array=True,
-                meta=np.empty((0, 0), dtype=o.dtype),
-                name="usid-result-" + dask.base.tokenize(source, rows),
-            )
+            arr = lazy_reads(source, (rows, cols), "usid-result-" + dask.base.tokenize(source, rows))
             out[o.name] = shape.variable(o, arr)
             out[o.name].attrs["units"] = o.units
         return out
