@@ -24,12 +24,13 @@ from .errors import (
     SpectralFunctionError,
     StoreBusyError,
     StoreConflictError,
+    WorkerCrashedError,
 )
 from .files import list_main, tree
 from .function import Output
 from .layout import is_main, read_layout, validate_main
 from .open import open_usid
-from .parallel import shutdown
+from .run.schedulers import shutdown
 from .plan import BlockPlan, parse_budget
 from .process import Process
 from .write import write_main
@@ -47,6 +48,7 @@ __all__ = [
     "SpectralFunctionError",
     "StoreBusyError",
     "StoreConflictError",
+    "WorkerCrashedError",
     "__version__",
     "accessor",
     "apply_at",

@@ -8,247 +8,27 @@ a Python per-spectrum function). Nothing runs until the result is computed.
 
 from __future__ import annotations
 
-import inspect
 import math
+import os
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import replace
 
 import dask
 import dask.array as da
+import h5py
 import numpy as np
 import xarray as xr
 
-from . import progress as _progress
-from .function import Output, OutputsLike, SpectralFunction, infer_outputs
-from .open import BlockReader, FlatRows, flat_rows, lazy_reads
-from .parallel import Executor, _in_distributed_worker, choose_executor
+from .function import OutputsLike, SpectralFunction, infer_outputs
+from .graph import SpectralMap, flat_reader
+from .layout import read_layout
 from .plan import BlockPlan, BudgetLike, plan_blocks
+from .rows import row_reader
+from .run.schedulers import choose_scheduler
 
-
-@dataclass(frozen=True, eq=False)
-class SpectralMap:
-    """A planned mapping of a function over a dataset; nothing computed yet.
-
-    Attributes
-    ----------
-    data : xarray.DataArray
-        The input, transposed to loop dimensions first, core dimensions last.
-    loop_dims, core_dims : tuple of str
-    function : SpectralFunction
-    plan : BlockPlan
-    executor : Executor
-    where : str
-        In words, where blocks run.
-    """
-
-    data: xr.DataArray
-    loop_dims: tuple[Hashable, ...]
-    core_dims: tuple[Hashable, ...]
-    function: SpectralFunction
-    plan: BlockPlan
-    executor: Executor
-    where: str
-    progress: bool = True
-
-    @property
-    def loop_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.sizes[d] for d in self.loop_dims)
-
-    @property
-    def core_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.sizes[d] for d in self.core_dims)
-
-    @cached_property
-    def flat_rows(self) -> FlatRows | None:
-        """Direct reads of the source file's rows, when the input is an untouched :func:`open_usid` array."""
-        return flat_rows(self.data, len(self.core_dims))
-
-    def flat_input(self) -> da.Array:
-        """The input as a dask array ``(positions, *core)`` chunked by the plan.
-
-        An untouched :func:`open_usid` array is read a block at a time,
-        exactly the rows of each block (not the source's larger chunks);
-        anything else is reshaped and re-chunked through dask.
-        """
-        chunks = (self.plan.positions_per_block,) + (-1,) * len(self.core_shape)
-        rows = self.flat_rows
-        if rows is not None:
-            return lazy_reads(rows, chunks, "usid-flat-" + dask.base.tokenize(rows, chunks))
-        arr = self.data.data
-        if not isinstance(arr, da.Array):
-            arr = da.from_array(np.asarray(arr), chunks=-1)
-        arr = arr.reshape((self.plan.n_positions, *self.core_shape), merge_chunks=True)
-        return arr.rechunk(chunks)
-
-    @contextmanager
-    def reading_blocks(self) -> Iterator[BlockReader]:
-        """Yield a :class:`~lazyusid.open.BlockReader` of positions ``a:b`` of the flat input.
-
-        An untouched :func:`open_usid` source is held open meanwhile and
-        read directly, exactly the rows of each block.
-        """
-        rows = self.flat_rows
-        if rows is not None:
-            with rows.reading() as reader:
-                yield reader
-            return
-        flat = self.flat_input()
-
-        def read(a: int, b: int) -> np.ndarray:
-            return np.asarray(flat[a:b].compute(scheduler="sync"))
-
-        yield BlockReader(read)
-
-    def block_tasks(self) -> list:
-        """One delayed task per block, each returning a tuple of output arrays."""
-        blocks = self.flat_input().to_delayed().ravel()
-        key = dask.base.tokenize(
-            self.data.data.name if isinstance(self.data.data, da.Array) else id(self),
-            _token(self.function),
-            self.plan,
-        )
-        run = dask.delayed(_run_block, pure=True)
-        return [
-            run(
-                block,
-                self.function,
-                self.executor,
-                start,
-                self.loop_shape,
-                self.loop_dims,
-                key if self.progress else None,
-                self.plan.n_blocks,
-                dask_key_name=f"lazyusid-block-{key}-{i}",
-            )
-            for i, (block, (start, _)) in enumerate(zip(blocks, self.plan.blocks()))
-        ]
-
-    def result(self) -> xr.DataArray | xr.Dataset:
-        """The lazy xarray result: a DataArray for one output, a Dataset for several."""
-        tasks = self.block_tasks()
-        arrays = {}
-        for i, out in enumerate(self.function.outputs):
-            pieces = [
-                da.from_delayed(task[i], shape=(stop - start, *out.shape), dtype=out.dtype)
-                for task, (start, stop) in zip(tasks, self.plan.blocks())
-            ]
-            flat = da.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
-            arrays[out.name] = xr.Variable(
-                self.loop_dims + out.dims, flat.reshape(self.loop_shape + out.shape), attrs=self._attrs(out)
-            )
-        coords = {k: v for k, v in self.data.coords.items() if set(v.dims) <= set(self.loop_dims)}
-        if self.function.single:
-            (name,) = arrays
-            return xr.DataArray(arrays[name], coords=coords, name=name)
-        return xr.Dataset(arrays, coords=coords, attrs={"usid_function": self.function.name})
-
-    def _attrs(self, out: Output) -> dict:
-        attrs = {"usid_function": self.function.name}
-        for key in ("usid_file", "usid_dataset"):
-            if key in self.data.attrs:
-                attrs[key] = self.data.attrs[key]
-        return attrs
-
-
-def _token(fn: SpectralFunction):
-    try:
-        return dask.base.tokenize(fn.func, fn.params, [o.to_dict() for o in fn.outputs], fn.vectorized)
-    except Exception:  # pragma: no cover - exotic parameters: fall back to identity
-        return id(fn)
-
-
-def _run_block(block, function, executor: Executor, start, loop_shape, loop_dims, progress_key, n_blocks):
-    if progress_key is not None and _in_distributed_worker():
-        progress_key = None  # a bar per worker of someone else's cluster only confuses
-    if progress_key is not None:
-        _progress.tick(progress_key, n_blocks, function.name, done=0)
-    out = executor.run(function.evaluate, block, first=start, loop_shape=loop_shape, loop_dims=loop_dims)
-    if progress_key is not None:
-        _progress.tick(progress_key, n_blocks, function.name)
-    return out
-
-
-def prepare_map(
-    data,
-    func: Callable,
-    *,
-    core_dims: str | Sequence[Hashable] | None = None,
-    params: Mapping | None = None,
-    outputs: OutputsLike = None,
-    vectorized: bool = False,
-    budget: BudgetLike = None,
-    mem_multiplier: float = 1.0,
-    positions_per_block: int | None = None,
-    cores: int | None = None,
-    client=None,
-    progress: bool = True,
-) -> SpectralMap:
-    """Check the inputs, infer the outputs on a real spectrum and plan the blocks.
-
-    Takes the arguments of :func:`map_spectra`; returns the :class:`SpectralMap`.
-    """
-    data, core_dims = as_dataarray(data, core_dims)
-    loop_dims = tuple(d for d in data.dims if d not in core_dims)
-    data = data.transpose(*loop_dims, *core_dims)
-    params = dict(params or {})
-    if not callable(func):
-        raise TypeError(f"func must be callable, got {func!r}")
-
-    first = {d: 0 for d in loop_dims}
-    sample = _spectrum(data, loop_dims, first)
-    tic = time.perf_counter()
-    outs, single = infer_outputs(
-        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
-    )
-    seconds = time.perf_counter() - tic
-    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
-
-    n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
-    estimated = seconds * n_positions if not vectorized else 0.0
-    executor, where = choose_executor(
-        vectorized=vectorized, estimated_seconds=estimated, cores=cores, client=client
-    )
-    in_flight = executor.cores * (2 if executor.kind == "processes" else 1)
-    plan = plan_blocks(
-        n_positions,
-        sample.nbytes,
-        sum(o.nbytes for o in outs),
-        budget=budget,
-        mem_multiplier=mem_multiplier,
-        blocks_in_flight=in_flight,
-        positions_per_block=positions_per_block,
-        workers=executor.cores,
-    )
-    return SpectralMap(data, loop_dims, core_dims, function, plan, executor, where, progress)
-
-
-def map_spectra(
-    data,
-    func: Callable,
-    *,
-    store=None,
-    group: str | None = None,
-    tool: str | None = None,
-    override: bool = False,
-    resume: str | None = None,
-    **kwargs,
-) -> xr.DataArray | xr.Dataset:
-    """Apply ``func`` to every spectrum of ``data``: lazily, or into a store with checkpoints.
-
-    Parameters
-    ----------
-    data : xarray.DataArray, dask.array.Array or numpy.ndarray
-        Typically what :func:`lazyusid.open_usid` returns. Plain arrays need
-        ``core_dims`` as axis numbers.
-    func : callable
-        Per spectrum: ``func(spectrum, **params)`` gets one spectrum (an array
-        over ``core_dims``) and returns a scalar, an array of fixed shape, a
-        tuple, or a dict of those. With ``vectorized=True``:
-        ``func(block, **params)`` gets many spectra at once, positions first,
-        and returns arrays whose first axis has the same length.
+#: documented once, shared by :func:`map_spectra` and :func:`plan_spectra`
+_ENGINE_DOC = """
     core_dims : str or sequence of str, optional
         Dimensions ``func`` works along (default: the spectroscopic
         dimensions). Any other dimension, including a spectroscopic one not
@@ -272,12 +52,150 @@ def map_spectra(
     positions_per_block : int, optional
         Force the block size (checked against the budget).
     cores : int, optional
-        Parallel workers (default: all but one core, both on a 2-core machine).
+        Parallel workers (default: all but one core, both on a 2-core machine;
+        capped at the machine's cores unless ``client`` is given).
     client : distributed.Client, optional
         Compute on this cluster (e.g. a dask-jobqueue cluster's client):
-        blocks then evaluate on its workers.
+        blocks then read their spectra and evaluate on its workers. Default:
+        the active default client, if any.
     progress : bool
-        Show a progress bar (tqdm; terminal or notebook) while blocks finish.
+        Show a progress bar (tqdm; terminal or notebook) while blocks finish."""
+
+
+def prepare_map(
+    data,
+    func: Callable,
+    *,
+    core_dims: str | Sequence[Hashable] | None = None,
+    params: Mapping | None = None,
+    outputs: OutputsLike = None,
+    vectorized: bool = False,
+    budget: BudgetLike = None,
+    mem_multiplier: float = 1.0,
+    positions_per_block: int | None = None,
+    cores: int | None = None,
+    client=None,
+    progress: bool = True,
+    writes_to: str | None = None,
+    source: tuple[str, str] | bool | None = True,
+) -> SpectralMap:
+    """Check the inputs, infer the outputs on a real spectrum, choose the scheduler and plan the blocks.
+
+    Takes the engine options of :func:`map_spectra`; ``writes_to`` is the
+    HDF5 file results will be written into (its readers then must not need
+    HDF5's file lock), ``source`` the ``(file, dataset)`` of an untouched
+    :func:`~lazyusid.open_usid` input (``True``: find out from ``data``).
+    Returns the :class:`~lazyusid.graph.SpectralMap`; nothing runs yet.
+    """
+    if source is True:
+        source = untouched_source(data)
+    data, core_dims = as_dataarray(data, core_dims)
+    loop_dims = tuple(d for d in data.dims if d not in core_dims)
+    data = data.transpose(*loop_dims, *core_dims)
+    params = dict(params or {})
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {func!r}")
+    n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
+    if n_positions == 0 or 0 in data.shape:
+        where = f" ({data.attrs['usid_dataset']} in {data.attrs['usid_file']})" if "usid_file" in data.attrs else ""
+        raise ValueError(f"the data{where} is empty: its shape is {dict(data.sizes)}; there is nothing to map")
+
+    first = {d: 0 for d in loop_dims}
+    sample = _spectrum(data, loop_dims, first)
+    tic = time.perf_counter()
+    outs, single = infer_outputs(
+        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
+    )
+    seconds = time.perf_counter() - tic
+    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
+
+    writes_to = os.path.abspath(writes_to) if writes_to is not None else None
+    reader = None
+    if source:
+        path, dataset = source
+        with h5py.File(path, "r") as f:
+            dset = f[dataset]
+            layout = read_layout(dset)
+            rows = row_reader(dset, strict=path != writes_to)
+        pos, spec = layout.pos, layout.spec
+        order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
+        reader = flat_reader(data, len(core_dims), file_order=order, rows=rows)
+    in_process = None
+    if writes_to is not None and writes_to == _abspath(data.attrs.get("usid_file")):
+        if reader is None or reader.rows.how == "h5py":
+            in_process = "it reads the file results are written into, through HDF5"
+    scheduler = choose_scheduler(
+        vectorized=vectorized,
+        estimated_seconds=0.0 if vectorized else seconds * n_positions,
+        cores=cores,
+        client=client,
+        in_process=in_process,
+    )
+    plan = plan_blocks(
+        n_positions,
+        sample.nbytes,
+        sum(o.nbytes for o in outs),
+        budget=budget,
+        mem_multiplier=mem_multiplier,
+        blocks_in_flight=scheduler.workers * (2 if scheduler.distributed else 1),
+        positions_per_block=positions_per_block,
+        workers=scheduler.workers,
+    )
+    plan = replace(plan, scheduler=str(scheduler))
+    return SpectralMap(data, loop_dims, core_dims, function, plan, scheduler, reader, progress)
+
+
+def untouched_source(data) -> tuple[str, str] | None:
+    """``(file, dataset)`` when ``data`` holds exactly the values :func:`~lazyusid.open_usid` opened, else None.
+
+    :func:`~lazyusid.open_usid` records the name of its read in the
+    ``usid_read`` encoding; any selection or computation changes the name.
+    """
+    if not isinstance(data, xr.DataArray) or not isinstance(data.data, da.Array):
+        return None
+    if data.encoding.get("usid_read") != data.data.name:
+        return None
+    path, dataset = data.attrs.get("usid_file"), data.attrs.get("usid_dataset")
+    return (path, dataset) if path and dataset else None
+
+
+def _abspath(path) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+def map_spectra(
+    data,
+    func: Callable,
+    *,
+    core_dims: str | Sequence[Hashable] | None = None,
+    params: Mapping | None = None,
+    outputs: OutputsLike = None,
+    vectorized: bool = False,
+    budget: BudgetLike = None,
+    mem_multiplier: float = 1.0,
+    positions_per_block: int | None = None,
+    cores: int | None = None,
+    client=None,
+    progress: bool = True,
+    store=None,
+    group: str | None = None,
+    tool: str | None = None,
+    override: bool = False,
+    resume: str | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Apply ``func`` to every spectrum of ``data``: lazily, or into a store with checkpoints.
+
+    Parameters
+    ----------
+    data : xarray.DataArray, dask.array.Array or numpy.ndarray
+        Typically what :func:`lazyusid.open_usid` returns. Plain arrays need
+        ``core_dims`` as axis numbers.
+    func : callable
+        Per spectrum: ``func(spectrum, **params)`` gets one spectrum (an array
+        over ``core_dims``) and returns a scalar, an array of fixed shape, a
+        tuple, or a dict of those. With ``vectorized=True``:
+        ``func(block, **params)`` gets many spectra at once, positions first,
+        and returns arrays whose first axis has the same length.{engine}
     store : str, os.PathLike or h5py.Group, optional
         Compute **now** into this target, block by block with checkpoints,
         and return the stored result (lazily). An HDF5 file (the source
@@ -303,19 +221,23 @@ def map_spectra(
     xarray.DataArray or xarray.Dataset
         Lazy (dask) result with the loop dimensions and coordinates of the
         input plus one dimension per axis of a vector output; a Dataset
-        when ``func`` returns several outputs. With ``store=``, reads the
-        stored values.
+        when ``func`` returns several outputs. Computing it directly runs on
+        the scheduler the plan names. With ``store=``, reads the stored values.
 
     Raises
     ------
     lazyusid.SpectralFunctionError
         When ``func`` fails; names the position (flat index and N-D indices)
         and the parameters, chained to the original exception.
+    lazyusid.WorkerCrashedError
+        When ``func`` takes its worker process down; names the block.
     lazyusid.BudgetError
         If the budget cannot hold one position.
     lazyusid.ReadOnlyStoreError, lazyusid.StoreBusyError, lazyusid.StoreConflictError
         With ``store=``: the target is read-only, being written by another
         process, or holds something else under the requested name.
+    KeyboardInterrupt
+        Ctrl-C or SIGTERM during a stored run, after a checkpoint of what finished.
 
     Examples
     --------
@@ -324,22 +246,30 @@ def map_spectra(
     >>> amp.compute()                                                   # doctest: +SKIP
     >>> stored = lazyusid.map_spectra(data, f, store="scan.h5")          # doctest: +SKIP
     """
-    unknown = sorted(set(kwargs) - _ENGINE_OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"map_spectra() got unexpected keyword arguments {unknown}; the function's own parameters go "
-            f"in params={{...}}, e.g. params={{{unknown[0]!r}: ...}}"
-        )
+    options = dict(
+        params=params,
+        outputs=outputs,
+        vectorized=vectorized,
+        budget=budget,
+        mem_multiplier=mem_multiplier,
+        positions_per_block=positions_per_block,
+        cores=cores,
+        client=client,
+        progress=progress,
+    )
     if store is None:
         if group is not None or tool is not None or override or resume is not None:
             raise TypeError("group=, tool=, override= and resume= apply only with store=")
-        return prepare_map(data, func, **kwargs).result()
-    from .sinks import order_for_store, store_map
+        return prepare_map(data, func, core_dims=core_dims, **options).result()
+    from .sinks import order_for_store, store_map, target_file
 
-    data, core_dims = as_dataarray(data, kwargs.pop("core_dims", None))
+    source = untouched_source(data)
+    data, core_dims = as_dataarray(data, core_dims)
     result_dims = tuple(d for d in data.dims if d not in core_dims)
     data, pos_dims, extra_dims = order_for_store(data, core_dims)
-    smap = prepare_map(data, func, core_dims=core_dims, **kwargs)
+    smap = prepare_map(
+        data, func, core_dims=core_dims, writes_to=target_file(store), source=source, **options
+    )
     return store_map(
         smap,
         store,
@@ -353,12 +283,48 @@ def map_spectra(
     )
 
 
-_ENGINE_OPTIONS = frozenset(inspect.signature(prepare_map).parameters) - {"data", "func"}
+map_spectra.__doc__ = map_spectra.__doc__.replace("{engine}", _ENGINE_DOC)
 
 
-def plan_spectra(data, func: Callable, **kwargs) -> BlockPlan:
-    """The :class:`BlockPlan` that :func:`map_spectra` would use (runs ``func`` once)."""
-    return prepare_map(data, func, **kwargs).plan
+def plan_spectra(
+    data,
+    func: Callable,
+    *,
+    core_dims: str | Sequence[Hashable] | None = None,
+    params: Mapping | None = None,
+    outputs: OutputsLike = None,
+    vectorized: bool = False,
+    budget: BudgetLike = None,
+    mem_multiplier: float = 1.0,
+    positions_per_block: int | None = None,
+    cores: int | None = None,
+    client=None,
+    progress: bool = True,
+) -> BlockPlan:
+    """The :class:`BlockPlan` that :func:`map_spectra` would run, with its scheduler (runs ``func`` once).
+
+    Parameters
+    ----------
+    data, func
+        As for :func:`map_spectra`.{engine}
+    """
+    return prepare_map(
+        data,
+        func,
+        core_dims=core_dims,
+        params=params,
+        outputs=outputs,
+        vectorized=vectorized,
+        budget=budget,
+        mem_multiplier=mem_multiplier,
+        positions_per_block=positions_per_block,
+        cores=cores,
+        client=client,
+        progress=progress,
+    ).plan
+
+
+plan_spectra.__doc__ = plan_spectra.__doc__.replace("{engine}", _ENGINE_DOC)
 
 
 def apply_at(

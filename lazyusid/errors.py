@@ -49,6 +49,13 @@ class SpectralFunctionError(LazyUSIDError, RuntimeError):
         return (type(self), (self.args[0], self.position, self.coords))
 
 
+class WorkerCrashedError(SpectralFunctionError):
+    """The user's function took its worker process down (killed, segfault, ``os._exit``) in a block.
+
+    ``position`` is the block's first position; every worker that tried the block died.
+    """
+
+
 class ReadOnlyStoreError(LazyUSIDError, PermissionError):
     """Results cannot be written where they were asked for (a read-only file or directory)."""
 

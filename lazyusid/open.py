@@ -8,12 +8,7 @@ to worker processes); :mod:`lazyusid.layout` decodes the metadata;
 
 from __future__ import annotations
 
-import functools
-import mmap
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import dask
 import dask.array as da
@@ -59,16 +54,9 @@ class H5Source:
         return f"H5Source({self.path!r}, {self.dataset!r}, shape={self.shape}, dtype={self.dtype})"
 
     def __dask_tokenize__(self):
-        st = os.stat(self.path)
-        return (
-            type(self).__name__,
-            self.path,
-            self.dataset,
-            self.shape,
-            str(self.dtype),
-            st.st_mtime_ns,
-            st.st_size,
-        )
+        # no modification time: results written into the file must not rename a selection of its source
+        # (the identity of stored results covers content through a fingerprint, lazyusid.identity)
+        return (type(self).__name__, self.path, self.dataset, self.shape, str(self.dtype))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the 2-D ``(positions, spectroscopic)`` dataset."""
@@ -109,175 +97,6 @@ class H5Source:
         return block[rest]
 
 
-@dataclass(frozen=True)
-class BlockReader:
-    """How the engine gets blocks of positions ``a:b``.
-
-    Attributes
-    ----------
-    read : callable
-        ``read(a, b) -> ndarray`` in this process, one call at a time.
-    anywhere : callable or None
-        Picklable: any process of this machine can call it to read a block
-        itself (worker processes then receive no data), or None.
-    """
-
-    read: Callable[[int, int], np.ndarray]
-    anywhere: Callable[[int, int], np.ndarray] | None = None
-
-
-class FlatRows:
-    """A main dataset as flat positions ``(rows × n_extra, *core_shape)``, read a block at a time.
-
-    The engine's view of an untouched :func:`open_usid` array whose
-    dimensions are in file order (positions slowest first, then the
-    spectroscopic dimensions slowest first): then the C-order flattening
-    of the loop dimensions is the order of the file's rows, and a block of
-    positions is a run of whole or partial rows, read with one
-    ``read_direct``. Picklable (it holds an :class:`H5Source`).
-
-    Parameters
-    ----------
-    source : H5Source
-        The 2-D ``(rows, row_length)`` dataset.
-    core_shape : tuple of int
-        Shape of one spectrum as the function sees it; ``row_length`` must
-        be a multiple of its size (the rest are *extra* loop positions in a row).
-    """
-
-    def __init__(self, source: H5Source, core_shape):
-        self.source = source
-        self.core_shape = tuple(int(n) for n in core_shape)
-        core = int(np.prod(self.core_shape, dtype=np.int64))
-        n_rows, row_length = source.shape
-        if core < 1 or row_length % core:
-            raise ValueError(
-                f"a row of {row_length} values does not hold whole spectra of shape {self.core_shape}"
-            )
-        self.n_extra = row_length // core
-        self.shape = (n_rows * self.n_extra, *self.core_shape)
-        self.dtype = source.dtype
-        self.ndim = len(self.shape)
-
-    def __repr__(self) -> str:
-        return f"FlatRows({self.source!r}, core_shape={self.core_shape})"
-
-    def __dask_tokenize__(self):
-        return (type(self).__name__, self.source.__dask_tokenize__(), self.core_shape)
-
-    def read(self, start: int, stop: int, read_rows: Callable | None = None) -> np.ndarray:
-        """Positions ``start:stop``: only the rows that hold them are read (with ``read_rows(r0, r1)``)."""
-        r0, r1 = start // self.n_extra, -(-stop // self.n_extra)
-        rows = (read_rows or self.source.read_rows)(r0, r1)
-        block = rows.reshape((-1, *self.core_shape))
-        offset = start - r0 * self.n_extra
-        if offset == 0 and block.shape[0] == stop - start:
-            return block
-        return block[offset : offset + stop - start].copy()  # do not hold the rest of the rows
-
-    @contextmanager
-    def reading(self) -> Iterator[BlockReader]:
-        """Keep the file open (read-only) while reading many blocks; yields a :class:`BlockReader`.
-
-        Opening and closing the file for every block cost ~2 ms each on a 2 GiB file.
-        A contiguous dataset is not copied at all, and worker processes can map
-        their blocks themselves: see :class:`MappedRows`.
-        """
-        with h5py.File(self.source.path, "r") as f:
-            dset = f[self.source.dataset]
-            mapped = mapped_rows(dset)
-
-            def read_direct(r0: int, r1: int) -> np.ndarray:
-                rows = np.empty((max(0, r1 - r0), dset.shape[1]), dtype=self.dtype)
-                if rows.size:
-                    dset.read_direct(rows, np.s_[r0:r1])
-                return rows
-
-            yield BlockReader(
-                read=functools.partial(self.read, read_rows=mapped or read_direct),
-                anywhere=None if mapped is None else functools.partial(self.read, read_rows=mapped),
-            )
-
-    def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        first = key[0] if key else slice(None)
-        if not isinstance(first, slice) or first.step not in (None, 1):
-            raise TypeError(f"FlatRows reads runs of positions, got {first!r}")
-        start, stop, _ = first.indices(self.shape[0])
-        block = self.read(start, max(start, stop))
-        rest = key[1:]
-        return block[(slice(None), *rest)] if rest else block
-
-
-class MappedRows:
-    """Rows of a contiguous dataset, mapped from the file's bytes: no copy, in any process of this machine.
-
-    ``rows(r0, r1)`` is a writable array (copy on write: the file never
-    changes) over the rows' bytes in the page cache. The function then reads
-    the file's pages itself, on its own thread or process, instead of one
-    thread copying every block first (benchmark 2: 2 GiB mapped and computed
-    in less time than h5py takes only to read it); worker processes map
-    their blocks themselves instead of receiving them (benchmark 3). Needs
-    no HDF5 library, so no HDF5 file lock: it addresses bytes, valid only
-    while the file is not rewritten, so the engine uses it only while it
-    holds the file open read-only (:meth:`FlatRows.reading`), never in a
-    dask graph kept for later. Build with :func:`mapped_rows`.
-    """
-
-    def __init__(self, path: str, offset: int, width: int, dtype):
-        self.path, self.offset, self.width, self.dtype = path, int(offset), int(width), np.dtype(dtype)
-
-    def __repr__(self) -> str:
-        return f"MappedRows({self.path!r}, offset={self.offset}, width={self.width}, dtype={self.dtype})"
-
-    def __call__(self, r0: int, r1: int) -> np.ndarray:
-        n = max(0, r1 - r0)
-        row_bytes = self.width * self.dtype.itemsize
-        if n == 0 or row_bytes == 0:
-            return np.empty((n, self.width), dtype=self.dtype)
-        start = self.offset + r0 * row_bytes
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        with open(self.path, "rb") as fh:  # the map keeps its own handle
-            mapped = mmap.mmap(
-                fh.fileno(), start - base + n * row_bytes, access=mmap.ACCESS_COPY, offset=base
-            )
-        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_WILLNEED"):  # start reading a cold file now
-            mapped.madvise(mmap.MADV_WILLNEED)
-        return np.frombuffer(mapped, self.dtype, count=n * self.width, offset=start - base).reshape(
-            n, self.width
-        )
-
-
-def mapped_rows(dset: h5py.Dataset) -> MappedRows | None:
-    """:class:`MappedRows` of ``dset``, or None when its bytes are not one plain run in the file.
-
-    Mapped: a contiguous, allocated 2-D dataset in a plain (``sec2``) file
-    whose stored type is the native one of its dtype. The first and last
-    rows are checked against h5py's own read.
-    """
-    offset = dset.id.get_offset()
-    plain = (
-        offset is not None
-        and dset.chunks is None
-        and not dset.external
-        and dset.file.driver == "sec2"
-        and dset.ndim == 2
-        and dset.shape[0] > 0
-        and dset.dtype.isnative
-        and not dset.dtype.hasobject
-        and dset.id.get_type() == h5py.h5t.py_create(dset.dtype)
-    )
-    if not plain:
-        return None
-    rows = MappedRows(os.path.abspath(dset.file.filename), offset, dset.shape[1], dset.dtype)
-    nan = dset.dtype.kind in "fc"
-    last = dset.shape[0] - 1
-    same = np.array_equal(rows(0, 1), dset[0:1], equal_nan=nan) and np.array_equal(
-        rows(last, last + 1), dset[last : last + 1], equal_nan=nan
-    )
-    return rows if same else None
-
-
 def lazy_reads(source, chunks, name: str) -> da.Array:
     """A dask array whose tasks read ``source[...]`` (an :class:`H5Source` or :class:`FlatRows`) per chunk."""
     return da.from_array(
@@ -289,45 +108,6 @@ def lazy_reads(source, chunks, name: str) -> da.Array:
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
         name=name,
     )
-
-
-def flat_rows(data: xr.DataArray, n_core_dims: int) -> FlatRows | None:
-    """Direct block reads for ``data``, if it is an untouched :func:`open_usid` array in file order.
-
-    ``data`` must hold the values of a main dataset exactly as
-    :func:`open_usid` opened them in this process (possibly transposed
-    once, as the engine does), with its dimensions ordered as the file's
-    rows are: position dimensions slowest first, then spectroscopic
-    dimensions slowest first, the last ``n_core_dims`` of them being the
-    function's core dimensions. Anything else (sliced, computed,
-    re-chunked, another backend, another order) returns None: the caller
-    then reads through dask.
-    """
-    arr = data.data
-    if not isinstance(arr, da.Array):
-        return None
-    roots = [name for name in arr.dask.layers if name in _OPENED]
-    if len(roots) != 1:
-        return None
-    opened, layout, path = _OPENED[roots[0]]
-    pos, spec = layout.pos, layout.spec
-    file_order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
-    if tuple(data.dims) != file_order or set(file_order) != set(layout.dims):
-        return None
-    if xr.DataArray(opened, dims=layout.dims).transpose(*data.dims).data.name != arr.name:
-        return None  # not the opened values, or not one plain transposition of them
-    source = H5Source(path, layout.path, (layout.shape[0],), (layout.shape[1],), layout.dtype)
-    core_shape = tuple(data.shape[len(data.shape) - n_core_dims :]) if n_core_dims else ()
-    try:
-        return FlatRows(source, core_shape)
-    except ValueError:
-        return None
-
-
-#: arrays source_array built in this process, by the name of their reading layer: (array, layout, path)
-_OPENED: dict[str, tuple[da.Array, Layout, str]] = {}
-#: how many of them to remember (oldest forgotten first)
-_OPENED_MAX = 256
 
 
 def positions_per_chunk(layout: Layout, chunk_bytes: int) -> int:
@@ -363,10 +143,6 @@ def source_array(
     file_order = _inverse(pos.sort_order) + tuple(n_pos + i for i in _inverse(spec.sort_order))
     if file_order != tuple(range(arr.ndim)):
         arr = arr.transpose(file_order)
-    _OPENED.pop(read_name, None)
-    _OPENED[read_name] = (arr, layout, source.path)  # lets the engine read its blocks directly
-    while len(_OPENED) > _OPENED_MAX:
-        _OPENED.pop(next(iter(_OPENED)))
     return arr
 
 
@@ -452,6 +228,10 @@ def open_usid(
     arr = xr.DataArray(
         data, dims=layout.dims, coords=coords, name=layout.path.rsplit("/", 1)[-1], attrs=attrs
     )
+    # provenance: the engine reads an untouched source's blocks itself (any selection or computation
+    # renames the dask array; lazyusid.compute.untouched_source), and results record where they came from
+    arr.encoding["usid_source"] = f"{path}:{layout.path}"
+    arr.encoding["usid_read"] = data.name
     # lets xr.open_dataset(..., engine="usid", chunks={}) keep these chunks
     arr.encoding["preferred_chunks"] = {dim: c[0] for dim, c in zip(arr.dims, data.chunks) if len(c) >= 1}
     return arr

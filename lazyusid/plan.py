@@ -71,6 +71,8 @@ class BlockPlan:
     output_bytes_per_position: int
     working_bytes_per_position: int
     budget_bytes: int
+    #: where the blocks run, in words (chosen with the plan; it is what runs)
+    scheduler: str = ""
 
     @property
     def n_blocks(self) -> int:
@@ -103,7 +105,8 @@ class BlockPlan:
             f"projected peak {format_bytes(self.projected_bytes)} of {format_bytes(self.budget_bytes)} budget; "
             f"per position: {format_bytes(self.input_bytes_per_position)} in, "
             f"{format_bytes(self.output_bytes_per_position)} out, "
-            f"{format_bytes(self.working_bytes_per_position)} working)"
+            f"{format_bytes(self.working_bytes_per_position)} working"
+            + (f"; runs on {self.scheduler})" if self.scheduler else ")")
         )
 
 

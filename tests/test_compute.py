@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import lazyusid
 import lazyusid.open
-import lazyusid.parallel
+import lazyusid.run.schedulers
 from lazyusid import Dimension, Output
 from lazyusid.compute import prepare_map
 
@@ -647,12 +647,12 @@ def test_error_at_the_first_position_names_it(tmp_path):
 
 
 def test_error_names_the_position_on_worker_processes(scan, monkeypatch):
-    monkeypatch.setattr(lazyusid.parallel, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
     path, _ = scan
     spectral_map = prepare_map(
         lazyusid.open_usid(path), fails_at_marker, params={"threshold": 50.0}, cores=2, positions_per_block=32
     )
-    assert spectral_map.executor.kind == "processes"
+    assert spectral_map.scheduler.kind == "processes"
     with pytest.raises(lazyusid.SpectralFunctionError, match=ERROR_MESSAGE) as info:
         spectral_map.result().compute()
     assert info.value.position == 250
@@ -747,15 +747,15 @@ def test_client_argument_evaluates_on_its_workers(scan, dask_client):
 
 
 def test_process_pool_gives_identical_results(scan, in_process, monkeypatch):
-    monkeypatch.setattr(lazyusid.parallel, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
     path, _ = scan
     arr = lazyusid.open_usid(path)
     spectral_map = prepare_map(arr, moments, outputs=["mean", "range"], cores=2, positions_per_block=7)
-    assert spectral_map.executor == lazyusid.parallel.Executor("processes", 2)
+    assert (spectral_map.scheduler.kind, spectral_map.scheduler.workers) == ("processes", 2)
     xr.testing.assert_identical(spectral_map.result().compute(), in_process["per-spectrum"])
 
     pids = prepare_map(arr, peak_and_pid, outputs=["peak", "pid"], cores=2).result().compute()["pid"].values
-    pool = lazyusid.parallel.shared_client(2)
+    pool = lazyusid.run.schedulers.shared_client(2)
     assert set(np.unique(pids)) <= set(pool.run(os.getpid).values())
 
 
@@ -764,11 +764,12 @@ def test_slow_per_spectrum_function_goes_to_worker_processes(scan):
     arr = lazyusid.open_usid(path)
     spectral_map = prepare_map(arr, slow_peak, cores=2)
     # at least 5 ms x 384 positions: estimated well over INLINE_SECONDS
-    assert spectral_map.executor.kind == "processes"
-    assert spectral_map.where == "2 worker processes"
+    assert spectral_map.scheduler.kind == "processes"
+    assert str(spectral_map.scheduler) == "2 worker processes"
+    assert spectral_map.plan.scheduler == "2 worker processes"  # the plan shows what runs
     np.testing.assert_array_equal(spectral_map.result().values, np.abs(data).max(axis=-1))
-    assert prepare_map(arr, slow_peak, cores=1).executor.kind == "inline"
-    assert prepare_map(arr, peak_v, vectorized=True, cores=2).executor.kind == "inline"
+    assert prepare_map(arr, slow_peak, cores=1).scheduler.kind == "sync"
+    assert prepare_map(arr, peak_v, vectorized=True, cores=2).scheduler.kind == "threads"
 
 
 # ---------------------------------------------------------------------------
@@ -816,9 +817,9 @@ def test_params_are_passed_through_unchanged(scan, monkeypatch, dask_client):
     # pickled to worker processes and back
     result = lazyusid.map_spectra(arr, weighted, params=PARAMS, client=dask_client)
     np.testing.assert_allclose(dask_client.compute(result).result().values, expected, rtol=1e-5)
-    monkeypatch.setattr(lazyusid.parallel, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
     spectral_map = prepare_map(arr, weighted, params=PARAMS, cores=2)
-    assert spectral_map.executor.kind == "processes"
+    assert spectral_map.scheduler.kind == "processes"
     np.testing.assert_allclose(spectral_map.result().values, expected, rtol=1e-5)
     assert PARAMS["window"] == [1, 2, 3]  # the caller's objects are not modified
 

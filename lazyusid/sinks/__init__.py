@@ -7,8 +7,10 @@ a target and returns the stored result, opened lazily:
    target; a complete result with the same token is returned at once;
 2. otherwise the target is opened for writing (which locks it), a partial
    result with the same token is resumed or a new one created;
-3. only rows without a checkpoint flag are computed; each finished block is
-   written by this process: data, flush, flags, flush.
+3. only rows without a checkpoint flag are computed, as one dask graph
+   (:mod:`lazyusid.run.driver`); HDF5 blocks are written by this process as
+   they finish (data, flush, flags, flush), zarr blocks by their tasks, then
+   flagged here.
 """
 
 from __future__ import annotations
@@ -24,19 +26,37 @@ import xarray as xr
 
 from ..identity import computation_token, digest
 from ..layout import read_layout, remembering_layouts
-from .base import ResultShape, stream, todo_ranges
+from ..run.driver import run_blocks, say_interrupted
+from .base import ResultShape, Sink
 from .hdf5 import HDF5Sink, _opened
 from .zarr import ZarrSink
 
 __all__ = [
     "HDF5Sink",
     "ResultShape",
+    "Sink",
     "StoreTarget",
     "ZarrSink",
     "order_for_store",
     "prepare_store",
     "store_map",
+    "target_file",
 ]
+
+
+def is_zarr_target(path: str) -> bool:
+    """Whether a store path names a zarr store (``*.zarr``, or an existing directory)."""
+    return path.rstrip("/").endswith(".zarr") or os.path.isdir(path)
+
+
+def target_file(store) -> str | None:
+    """The HDF5 file ``store`` writes into (absolute), or None for a zarr store or no store."""
+    if store is None:
+        return None
+    if isinstance(store, (h5py.Group, h5py.File)):
+        return os.path.abspath(store.file.filename)
+    path = os.path.abspath(os.fspath(store))
+    return None if is_zarr_target(path) else path
 
 
 def order_for_store(data: xr.DataArray, core_dims) -> tuple[xr.DataArray, tuple, tuple]:
@@ -92,16 +112,29 @@ def store_map(
                     )
                     done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
                     name = sink.name
-                    ranges = todo_ranges(done, shape.rows_per_block)
-                    computed = sum(b - a for a, b in ranges)
-                    key = f"{token}-{os.getpid()}-{id(sink)}" if smap.progress else None
-                    try:
-                        stream(smap, ranges, target.n_extra, sink.write, progress_key=key)
-                    finally:
-                        sink.commit()  # flag every block written, also when a block failed
+                    computed = _compute(smap, sink, sink.todo(done), target.n_extra)
     out = _as_xarray(sink, name, shape, smap, token, result_dims)
     out.attrs["usid_rows_computed"] = computed
     return out
+
+
+def _compute(smap, sink: Sink, rows: list[tuple[int, int]], n_extra: int) -> int:
+    """Compute the blocks of ``rows`` into ``sink``; checkpointed at the end, on failure and on Ctrl-C."""
+    try:
+        run_blocks(
+            smap,
+            [(r0 * n_extra, r1 * n_extra) for r0, r1 in rows],
+            lambda a, b, outs: sink.finished(a // n_extra, b // n_extra, outs),
+            write=sink.region_writer(n_extra),
+            progress=smap.progress,
+        )
+    except KeyboardInterrupt:
+        sink.commit()
+        say_interrupted(sink.saved(), sink.shape.n_rows, sink.where)
+        raise
+    finally:
+        sink.commit()  # flag every block written, also when a block failed
+    return sum(r1 - r0 for r0, r1 in rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +167,9 @@ def prepare_store(smap, store, *, pos_dims, extra_dims, group=None, tool=None) -
         rows_per_block=max(1, smap.plan.positions_per_block // max(1, n_extra)),
     )
     sink = _open_sink(store, group, tool=tool, shape=shape, data=data)
-    source = _source_identity(data, smap.core_dims, in_file=getattr(sink, "in_file", False))
+    source = _source_identity(
+        data, smap.core_dims, in_file=getattr(sink, "in_file", False), direct=smap.reader is not None
+    )
     token, identity = computation_token(tool=tool, function=smap.function, source=source)
     return StoreTarget(sink, shape, token, identity, n_extra)
 
@@ -173,7 +208,7 @@ def _open_sink(store, group, *, tool, shape, data):
             raise ValueError("give the HDF5 group either as store=<h5py.Group> or as group=, not both")
         store, group = store.file.filename, store.name
     path = os.path.abspath(os.fspath(store))
-    if path.rstrip("/").endswith(".zarr") or os.path.isdir(path):
+    if is_zarr_target(path):
         if group is not None:
             raise ValueError(f"group= is for HDF5 targets; {path} is a zarr store")
         return ZarrSink(path, tool=tool, shape=shape, source_file=source_file, source_dataset=source_dataset)
@@ -212,18 +247,17 @@ def _same_positions(path: str, dataset: str, shape: ResultShape) -> bool:
     return True
 
 
-def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
+def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool, direct: bool) -> dict:
     """Plain data naming the input: dataset path, shape, dtype, dims and a digest of the loop coordinates.
 
     The file path counts unless results go into the source file itself, so
     two scans of the same layout mapped into one results file stay apart.
-    Dataset, shape and coordinates identify the input only when it is the
-    source dataset or a selection of it (``isel``, ``sel``, ``transpose``,
-    ``chunk``) with a coordinate along every dimension. xarray keeps the
-    ``usid_*`` attributes through arithmetic, so an input computed from the
-    source (``data * 2``, ``abs(data)``) also counts its dask graph's name,
-    and in-memory values count by digest: such inputs never pass for the
-    source itself.
+    An input read ``direct``-ly (the untouched source) is named by dataset,
+    shape and coordinates; any other dask-backed input also by the name of
+    its dask graph, which names the source reads and every selection and
+    computation on them (stable across sessions: reads are named by file,
+    dataset, shape and dtype), and in-memory values by digest: such inputs
+    never pass for the source itself.
     """
     coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
     source = {
@@ -239,40 +273,11 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
         source["file"] = None if in_file else os.path.abspath(data.attrs["usid_file"])
         if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
             source["data"] = digest(np.asarray(arr))
-        elif not _selects_source(data):
+        elif not direct:
             source["graph"] = arr.name
     else:  # not from a file: identify the values themselves
         source["data"] = arr.name if hasattr(arr, "dask") else digest(np.asarray(arr))
     return source
-
-
-#: dask layers that select or rearrange values without changing them
-_SELECTION_LAYERS = ("getitem-", "transpose-", "rechunk-")
-#: dask layers of xarray's own read of a backend variable (``xr.open_dataset(..., chunks={})``)
-_BACKEND_LAYERS = ("original-open_dataset-", "open_dataset-")
-
-
-def _selects_source(data: xr.DataArray) -> bool:
-    """Whether ``data`` is the lazily read source dataset, or a selection of it that its coordinates name.
-
-    The read is :func:`lazyusid.open_usid`'s (a ``usid-`` layer), or
-    xarray's read of a variable of lazyusid's backend: that one is trusted
-    only when the variable's encoding carries ``usid_source``
-    (``"<file>:<dataset>"``), which selections keep and computations drop,
-    and which is never written to netCDF or zarr.
-    """
-    layers = list(data.data.dask.layers)
-    reads = [name for name in layers if not name.startswith(_SELECTION_LAYERS)]
-    marker = f"{data.attrs.get('usid_file')}:{data.attrs.get('usid_dataset')}"
-    by_backend = data.encoding.get("usid_source") == marker and all(
-        name.startswith(_BACKEND_LAYERS) for name in reads
-    )
-    if not (len(reads) == 1 and reads[0].startswith("usid-")) and not (by_backend and len(reads) <= 2):
-        return False
-    if len(reads) == len(layers):  # nothing selected
-        return True
-    located = {d for v in data.coords.values() if v.dtype.kind in "biufcmM" for d in v.dims}
-    return all(d in located for d in data.dims)
 
 
 def _tool_name(name: str) -> str:

@@ -1,4 +1,4 @@
-"""What every sink shares: the shape of a stored result, and the streaming loop.
+"""What every sink shares: the :class:`Sink` interface and the shape of a stored result.
 
 A stored result is organised by *rows*: one row per position of the source
 (pyUSID's ``completed_positions`` has one flag per row). Loop dimensions that
@@ -9,17 +9,15 @@ rows, so a row's checkpoint flag covers all of its values.
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import math
-import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
-from .. import progress as _progress
 from ..function import Output
 
 #: name of the per-row checkpoint flags, as pyUSID names them
@@ -72,6 +70,70 @@ class ResultShape:
         return xr.Variable(self.loop_dims + out.dims, flat.reshape(shape))
 
 
+@dataclass(frozen=True)
+class Found:
+    """An existing stored result with the same token."""
+
+    name: str
+    rows_done: int
+    complete: bool
+
+
+class Sink(abc.ABC):
+    """Where a computation's results are stored, with checkpoint flags per row.
+
+    The stored driver calls, in the client: :meth:`find`; inside
+    :meth:`writing`, :meth:`prepare`, :meth:`todo`, then :meth:`finished`
+    for every block as it comes (block tasks store their outputs themselves
+    when :meth:`region_writer` gives a writer), :meth:`commit` at the end or
+    on interruption; :meth:`result` opens what is stored.
+    """
+
+    kind: str
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def where(self) -> str:
+        """The target, in words (a path)."""
+
+    @abc.abstractmethod
+    def find(self, token: str, name: str | None = None) -> list[Found]:
+        """Stored results of the computation ``token`` (oldest first); reads only."""
+
+    @abc.abstractmethod
+    def writing(self) -> AbstractContextManager:
+        """Hold the target for writing (locked against other writers) meanwhile."""
+
+    @abc.abstractmethod
+    def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
+        """Open the result to resume (or create it); return the per-row flags."""
+
+    @abc.abstractmethod
+    def todo(self, done: np.ndarray) -> list[tuple[int, int]]:
+        """The blocks of rows still to compute."""
+
+    def region_writer(self, n_extra: int) -> Callable | None:
+        """A picklable ``write(a, b, outs)`` for block tasks, or None when the client writes (:meth:`finished`)."""
+        return None
+
+    @abc.abstractmethod
+    def finished(self, r0: int, r1: int, outs) -> None:
+        """Rows ``r0:r1`` are computed (``outs``: their outputs, or None when their task stored them)."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Checkpoint what finished so far."""
+
+    @abc.abstractmethod
+    def saved(self) -> int:
+        """Rows stored and flagged."""
+
+    @abc.abstractmethod
+    def result(self, name: str) -> dict[str, xr.Variable]:
+        """The stored outputs of result ``name``, lazily."""
+
+
 def todo_ranges(done: np.ndarray, rows_per_block: int) -> list[tuple[int, int]]:
     """Runs of unmarked rows, cut into blocks of at most ``rows_per_block`` rows.
 
@@ -120,106 +182,3 @@ def boxes(start: int, stop: int, shape: Sequence[int]) -> Iterator[tuple[tuple[s
     if stop > last * inner:  # a partial last row
         for sub, a, b in boxes(0, stop - last * inner, shape[1:]):
             yield (slice(last, last + 1), *sub), a + last * inner, b + last * inner
-
-
-def stream(
-    smap,
-    ranges: Sequence[tuple[int, int]],
-    n_extra: int,
-    write: Callable[[int, int, tuple], None],
-    *,
-    progress_key: str | None,
-) -> None:
-    """Compute blocks of rows and hand each finished block to ``write``, in this thread.
-
-    At most ``smap.plan.blocks_in_flight`` blocks are read or computing at
-    once; ``write`` (the sink's single writer) runs in the calling thread
-    only. If a block fails, blocks already finished are still written, the
-    rest are cancelled, and the first error is raised.
-    """
-    if not ranges:
-        return
-    with smap.reading_blocks() as reader:  # exactly the rows of a block, not the source's larger chunks
-        _stream(smap, ranges, n_extra, write, reader, progress_key)
-
-
-def _stream(smap, ranges, n_extra: int, write, reader, progress_key) -> None:
-    function, executor = smap.function, smap.executor
-    io_lock = threading.Lock()  # one HDF5 access at a time in this process: reads here, writes in `write`
-    failed = threading.Event()  # once a block fails, queued blocks are skipped
-    where = {"loop_shape": smap.loop_shape, "loop_dims": smap.loop_dims}
-    # lazyusid's own worker processes (this machine) read their blocks themselves when they can
-    remote_read = reader.anywhere if executor.kind == "processes" else None
-
-    def job(r0: int, r1: int):
-        if failed.is_set():
-            return None
-        a, b = r0 * n_extra, r1 * n_extra
-        try:
-            if remote_read is not None:
-                outs = executor.run(_read_and_evaluate, function, remote_read, a, b, **where)
-            else:
-                with io_lock:
-                    block = reader.read(a, b)
-                block = executor.put(block)  # on a worker already: this process keeps no copy
-                outs = executor.run(function.evaluate, block, first=a, **where)
-        except BaseException as exc:
-            failed.set()
-            with contextlib.suppress(AttributeError, TypeError):  # which block failed, for _failed_at
-                exc.__lazyusid_block__ = a  # type: ignore[attr-defined]
-            raise
-        return r0, r1, outs
-
-    total = len(ranges)
-    if progress_key is not None:
-        _progress.tick(progress_key, total, function.name, done=0)
-    todo = iter(ranges)
-    in_flight = max(1, smap.plan.blocks_in_flight)
-    error: BaseException | None = None
-    with ThreadPoolExecutor(in_flight, thread_name_prefix="lazyusid-block") as pool:
-        # twice as many jobs as threads: a thread that finishes a block starts the next one at once
-        # (a queued job has read nothing yet, so it holds no memory)
-        pending = {pool.submit(job, *r) for r in _take(todo, 2 * in_flight)}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    done = fut.result()
-                    if done is None:  # skipped after a failure
-                        continue
-                    r0, r1, outs = done
-                except BaseException as exc:  # report the failure at the first position, whatever the order
-                    error = exc if error is None else min(error, exc, key=_failed_at)
-                    continue
-                with io_lock:
-                    write(r0, r1, outs)
-                if progress_key is not None:
-                    _progress.tick(progress_key, total, function.name)
-            if error is None:
-                pending |= {pool.submit(job, *r) for r in _take(todo, len(finished))}
-    if error is not None:
-        if progress_key is not None:
-            _progress.close(progress_key)
-        raise error
-
-
-def _read_and_evaluate(function, read, a: int, b: int, **where) -> tuple:
-    """Read positions ``a:b`` and evaluate the function on them (in a worker process)."""
-    return function.evaluate(read(a, b), first=a, **where)
-
-
-def _failed_at(exc: BaseException) -> int:
-    """The first position of the failed block (the function's own errors name the exact position)."""
-    position = getattr(exc, "position", None)
-    return position if isinstance(position, int) else getattr(exc, "__lazyusid_block__", 0)
-
-
-def _take(it: Iterator, n: int) -> list:
-    out: list = []
-    if n <= 0:
-        return out
-    for item in it:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out

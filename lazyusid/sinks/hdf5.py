@@ -19,7 +19,6 @@ import os
 import re
 import time
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 import dask
 import h5py
@@ -33,7 +32,7 @@ from ..function import Output
 from ..identity import to_json
 from ..open import H5Source, lazy_reads
 from ..write import bookkeeping_attrs, write_main
-from .base import MARKERS, ResultShape
+from .base import MARKERS, Found, ResultShape, Sink, todo_ranges
 
 #: attributes lazyusid writes on a results group (parameters never overwrite them)
 RESERVED_ATTRS = {
@@ -59,20 +58,11 @@ _NEW_FILE_SUFFIX = ".lazyusid-partial"
 _BUILDING = "_lazyusid_building"
 
 
-@dataclass(frozen=True)
-class Found:
-    """An existing results group with the same token."""
-
-    name: str
-    rows_done: int
-    complete: bool
-
-
 def results_prefix(base: str, tool: str) -> str:
     return f"{base}-{tool}_"
 
 
-class HDF5Sink:
+class HDF5Sink(Sink):
     """Results groups in an HDF5 file.
 
     Parameters
@@ -110,6 +100,7 @@ class HDF5Sink:
         self._group: h5py.Group | None = None
         self._done: np.ndarray | None = None
         self._prefix = 0
+        self._pending: list[tuple[int, int]] = []
 
     def __repr__(self) -> str:
         return f"HDF5Sink({self.path!r}, group={self.group!r})"
@@ -294,6 +285,18 @@ class HDF5Sink:
         self.name = grp.name.rsplit("/", 1)[-1]
         return self._done.copy()
 
+    def todo(self, done: np.ndarray) -> list[tuple[int, int]]:
+        """Runs of unflagged rows, in blocks of the plan's size."""
+        return todo_ranges(done, self.shape.rows_per_block)
+
+    def saved(self) -> int:
+        """Rows flagged as computed."""
+        return int(self._done.sum()) if self._done is not None else 0
+
+    def finished(self, r0: int, r1: int, outs) -> None:
+        """Store a finished block's outputs (see :meth:`write`)."""
+        self.write(r0, r1, outs)
+
     def write(self, r0: int, r1: int, outs) -> None:
         """Store one block of rows; it is flagged by the next checkpoint (:meth:`commit`).
 
@@ -312,7 +315,7 @@ class HDF5Sink:
 
     def commit(self) -> None:
         """Checkpoint: flush the data written since the last one, then set their flags and flush again."""
-        if not self._pending:
+        if self._file is None or not self._pending:
             return
         self._file.flush()
         for r0, r1 in _merged(self._pending):

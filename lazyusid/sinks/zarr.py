@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -28,13 +29,13 @@ import zarr
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..identity import to_json
 from ..write import bookkeeping_attrs
-from .base import MARKERS, ResultShape, boxes
-from .hdf5 import Found, _alive
+from .base import MARKERS, Found, ResultShape, Sink, boxes
+from .hdf5 import _alive
 
 _NEW_SUFFIX = ".lazyusid-partial"
 
 
-class ZarrSink:
+class ZarrSink(Sink):
     """A zarr v3 store (a directory) holding one computation's results."""
 
     kind = "zarr"
@@ -47,6 +48,7 @@ class ZarrSink:
         self.source_dataset = source_dataset
         self.name = "/"
         self._fd: int | None = None
+        self._done = np.zeros(0, np.uint8)
 
     def __repr__(self) -> str:
         return f"ZarrSink({self.path!r})"
@@ -103,13 +105,32 @@ class ZarrSink:
         for stale in glob.glob(os.path.join(glob.escape(self.path), "**", "*.partial"), recursive=True):
             os.remove(stale)  # a chunk a killed run was writing: its flag was never set
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        self._arrays = [self._group[o.name] for o in self.shape.outputs]
         self._markers = self._group[MARKERS]
+        if resume is None:  # override: compute everything again; clear the flags on disk before any block
+            self._markers[...] = 0
+            self._group.attrs["last_pixel"] = 0
         done = np.asarray(self._markers[...], dtype=np.uint8).reshape(-1)
-        if resume is None:  # override: compute everything again into the same arrays
-            done[:] = 0
         self._done = done
         return done.copy()
+
+    def todo(self, done: np.ndarray) -> list[tuple[int, int]]:
+        """Rows to compute: every chunk of the result that holds an unflagged row, whole.
+
+        Blocks are exactly the result's chunks, so no two tasks ever write one chunk.
+        """
+        sizes = _chunk_rows(self.shape.pos_shape, self._markers.chunks)
+        edges = np.concatenate(([0], np.cumsum(sizes)))
+        return [
+            (int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a and not done[a:b].all()
+        ]
+
+    def region_writer(self, n_extra: int) -> ZarrRegion:
+        """What block tasks call to store their outputs themselves, where they run."""
+        return ZarrRegion(self.path, self.shape, n_extra)
+
+    def saved(self) -> int:
+        """Rows flagged as computed."""
+        return int(self._done.sum())
 
     def _create(self, token: str, identity: dict) -> None:
         shape = self.shape
@@ -151,15 +172,9 @@ class ZarrSink:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreBusyError(f"{self.path} was created by another process meanwhile; try again") from None
 
-    def write(self, r0: int, r1: int, outs) -> None:
-        """Checkpoint one block of rows: data, then flags (each chunk is written atomically)."""
-        shape = self.shape
-        for arr, o, values in zip(self._arrays, shape.outputs, outs):
-            values = np.asarray(values).reshape((r1 - r0, *shape.extra_shape, *o.shape))
-            for index, a, b in boxes(r0, r1, shape.pos_shape):
-                box = tuple(s.stop - s.start for s in index)
-                arr[index] = values[a - r0 : b - r0].reshape(box + values.shape[1:])
-        for index, _, _ in boxes(r0, r1, shape.pos_shape):
+    def finished(self, r0: int, r1: int, outs=None) -> None:
+        """Flag rows ``r0:r1``, whose values their task has written (data, then flags)."""
+        for index, _, _ in boxes(r0, r1, self.shape.pos_shape):
             self._markers[index] = np.ones(tuple(s.stop - s.start for s in index), np.uint8)
         self._done[r0:r1] = 1
         rest = np.flatnonzero(self._done == 0)
@@ -171,6 +186,60 @@ class ZarrSink:
     def result(self, name: str = "/") -> dict[str, xr.Variable]:
         ds = xr.open_zarr(self.path, consolidated=False, zarr_format=3)
         return {o.name: ds[o.name].variable for o in self.shape.outputs}
+
+
+class ZarrRegion:
+    """Stores a block's outputs into the zarr store from the task that computed them (picklable).
+
+    A block is whole chunks of the result (:meth:`ZarrSink.todo`); zarr's
+    local store writes each chunk to a temporary file and renames it.
+    """
+
+    def __init__(self, path: str, shape: ResultShape, n_extra: int):
+        self.path, self.shape, self.n_extra = path, shape, n_extra
+
+    def __repr__(self) -> str:
+        return f"ZarrRegion({self.path!r})"
+
+    def __dask_tokenize__(self):
+        return (type(self).__name__, self.path)
+
+    def __call__(self, a: int, b: int, outs) -> None:
+        shape = self.shape
+        r0, r1 = a // self.n_extra, b // self.n_extra
+        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        for o, values in zip(shape.outputs, outs):
+            arr = group[o.name]
+            values = np.asarray(values).reshape((r1 - r0, *shape.extra_shape, *o.shape))
+            for index, i, j in boxes(r0, r1, shape.pos_shape):
+                box = tuple(s.stop - s.start for s in index)
+                arr[index] = values[i - r0 : j - r0].reshape(box + values.shape[1:])
+
+
+def _chunk_rows(pos_shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[int]:
+    """Rows of each chunk over the position dimensions, in flat (C) order.
+
+    The chunks of :func:`_chunks` are whole trailing dimensions, a run along
+    one dimension, and single steps before it: each is one run of rows.
+
+    Examples
+    --------
+    >>> _chunk_rows((3, 4), (1, 3))
+    [3, 1, 3, 1, 3, 1]
+    """
+    pos_shape, chunks = tuple(pos_shape), tuple(chunks)
+    split = [d for d, (n, c) in enumerate(zip(pos_shape, chunks)) if c < n]
+    if not split:
+        return [math.prod(pos_shape)]
+    j = split[-1]
+    if any(c != 1 for c in chunks[:j]):
+        raise StoreConflictError(
+            f"the zarr store's chunks {chunks} over positions {pos_shape} are not runs of rows; lazyusid "
+            "writes only stores it made. Choose another store path."
+        )
+    inner = math.prod(pos_shape[j + 1 :])
+    along = [min(chunks[j], pos_shape[j] - s) * inner for s in range(0, pos_shape[j], chunks[j])]
+    return along * math.prod(pos_shape[:j])
 
 
 def _chunks(pos_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Blocks of contiguous datasets mapped from the file (no copy): same values as h5py, file never changed."""
+"""Row readers (lazyusid.rows): mapped, decoded from raw chunks, or h5py: same values as h5py, file never changed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import lazyusid
 from lazyusid import Dimension
-from lazyusid.open import mapped_rows
+from lazyusid.rows import row_reader
 
 SHAPE = (37, 11)
 
@@ -37,8 +37,8 @@ def test_mapped_rows_equal_h5py(tmp_path, dtype, userblock):
         data = data + 1j * data[::-1]
     path = _file(tmp_path / "a.h5", data, userblock_size=userblock)
     with h5py.File(path, "r") as f:
-        rows = mapped_rows(f["x"])
-        assert rows is not None
+        rows = row_reader(f["x"])
+        assert rows.how == "mapped"
         for r0, r1 in [(0, 1), (0, 37), (5, 19), (36, 37), (3, 3)]:
             block = rows(r0, r1)
             assert block.dtype == data.dtype and block.flags.writeable
@@ -51,25 +51,93 @@ def test_any_run_of_rows(tmp_path, a, b):
     a, b = min(a, b), max(a, b)
     data = np.arange(np.prod(SHAPE), dtype="f4").reshape(SHAPE)
     path = _file(tmp_path / "h.h5", data)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("c", data=data, chunks=(4, 5), compression="gzip", shuffle=True, fletcher32=True)
     with h5py.File(path, "r") as f:
-        rows = mapped_rows(f["x"])
+        rows = row_reader(f["x"])
         np.testing.assert_array_equal(rows(a, b), data[a:b])
+        chunked = row_reader(f["c"])
+        assert chunked.how == "chunks"
+        np.testing.assert_array_equal(chunked.for_rows(a, b)(a, b), data[a:b])
 
 
 @pytest.mark.parametrize(
-    "kwargs, dtype",
+    "kwargs, dtype, how",
     [
-        ({"chunks": (4, 11)}, "f4"),  # chunked: bytes are not one run
-        ({"chunks": (4, 11), "compression": "gzip"}, "f4"),
-        ({}, ">f4"),  # big-endian on disk: not the native bytes
+        ({"chunks": (4, 11)}, "f4", "chunks"),  # chunked: bytes are not one run; decoded from raw chunks
+        ({"chunks": (4, 11), "compression": "gzip"}, "f4", "chunks"),
+        ({"chunks": (5, 3), "compression": "gzip", "shuffle": True, "fletcher32": True}, "c8", "chunks"),
+        ({"chunks": (4, 11), "compression": "lzf"}, "f4", "h5py"),  # a filter h5py registers: not outside
+        ({}, ">f4", "h5py"),  # big-endian on disk: not the native bytes
     ],
 )
-def test_not_mapped_when_bytes_are_not_plain(tmp_path, kwargs, dtype):
+def test_readers_equal_h5py(tmp_path, kwargs, dtype, how):
     data = np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(dtype)
     path = _file(tmp_path / "b.h5", data, **kwargs)
     with h5py.File(path, "r") as f:
-        rows = mapped_rows(f["x"])
-        assert rows is None
+        rows = row_reader(f["x"])
+        assert rows.how == how
+        for r0, r1 in [(0, 1), (0, 37), (5, 19), (36, 37), (3, 3)]:
+            block = rows.for_rows(r0, r1)(r0, r1)
+            assert block.dtype == f["x"].dtype
+            np.testing.assert_array_equal(block, data[r0:r1])
+
+
+def test_chunks_never_written_read_as_the_fill_value(tmp_path):
+    path = tmp_path / "u.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("x", shape=SHAPE, dtype="f8", chunks=(5, 11), fillvalue=-7.5)
+        d[10:20] = 1.0
+    with h5py.File(path, "r") as f:
+        rows = row_reader(f["x"])
+        assert rows.how == "chunks"
+        np.testing.assert_array_equal(rows(0, 37), f["x"][:])
+
+
+def test_changed_file_falls_back_to_h5py(tmp_path):
+    """Byte addresses are trusted only while the file is unchanged: a rewritten file is read through HDF5."""
+    path = _file(tmp_path / "s.h5", np.zeros(SHAPE, "f4"))
+    with h5py.File(path, "r") as f:
+        rows = row_reader(f["x"])
+    os.remove(path)
+    with h5py.File(path, "w") as f:  # same path, another file: the dataset is elsewhere
+        f.attrs["pad"] = np.zeros(5000)
+        f.create_dataset("x", data=np.ones(SHAPE, "f4"))
+    np.testing.assert_array_equal(rows(0, 37), np.ones(SHAPE, "f4"))
+
+
+_READ_IN_CHILD = """
+import pickle, sys
+readers = pickle.load(open(sys.argv[1], "rb"))
+print(sum(float(r(0, r.n_rows).sum()) for r in readers))
+"""
+
+
+def test_lock_free_readers_read_while_another_process_writes_the_file(tmp_path):
+    """What lets worker processes read a source file whose results the client writes into it."""
+    import pickle
+    import subprocess
+    import sys
+
+    data = np.arange(np.prod(SHAPE), dtype="f4").reshape(SHAPE)
+    path = _file(tmp_path / "w.h5", data)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("c", data=data, chunks=(4, 5), compression="gzip")
+    with h5py.File(path, "r+") as writer:  # holds HDF5's file lock
+        readers = [row_reader(writer["x"], strict=False), row_reader(writer["c"], strict=False)]
+        assert [r.how for r in readers] == ["mapped", "chunks"]
+        writer.create_group("results").create_dataset("v", data=np.ones(1000))
+        writer.flush()
+        pickle.dump(readers, open(tmp_path / "r.pkl", "wb"))
+        child = subprocess.run(
+            [sys.executable, "-c", _READ_IN_CHILD, str(tmp_path / "r.pkl")], capture_output=True, text=True
+        )
+        assert child.returncode == 0, child.stderr
+        assert float(child.stdout) == 2 * float(data.sum())
+        locked = subprocess.run(
+            [sys.executable, "-c", f"import h5py; h5py.File({path!r}, 'r')"], capture_output=True, text=True
+        )
+        assert locked.returncode != 0 and "lock" in locked.stderr  # h5py itself is refused
 
 
 def test_unallocated_dataset_not_mapped(tmp_path):
@@ -77,8 +145,8 @@ def test_unallocated_dataset_not_mapped(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("x", shape=SHAPE, dtype="f4")
     with h5py.File(path, "r") as f:
-        rows = mapped_rows(f["x"])
-        assert rows is None
+        rows = row_reader(f["x"])
+        assert rows.how == "h5py"
 
 
 def _usid(write_usid, **kwargs):
@@ -98,8 +166,8 @@ def _zero_in_place(block):
 def test_functions_may_change_their_block_but_never_the_file(write_usid, tmp_path, chunks):
     written = _usid(write_usid, chunks=chunks)
     with h5py.File(written.path, "r") as f:
-        rows = mapped_rows(f[written.dataset])
-        assert (rows is None) == (chunks is not None)  # both ways of reading are exercised
+        rows = row_reader(f[written.dataset])
+        assert rows.how == ("mapped" if chunks is None else "chunks")  # both ways of reading are exercised
     out = tmp_path / "results.h5"
     before = sha256(written.path)
     data = lazyusid.open_usid(written.path)
@@ -159,13 +227,13 @@ def test_worker_processes_map_their_own_blocks(write_usid, tmp_path, chunks, map
     np.testing.assert_array_equal(peaks.values, np.abs(written.data).max(axis=-1))
 
 
-def test_mapped_rows_pickle(tmp_path):
+def test_readers_pickle(tmp_path):
     import pickle
 
     data = np.arange(np.prod(SHAPE), dtype="c8").reshape(SHAPE)
     path = _file(tmp_path / "p.h5", data)
     with h5py.File(path, "r") as f:
-        rows = mapped_rows(f["x"])
+        rows = row_reader(f["x"])
     again = pickle.loads(pickle.dumps(rows))
     np.testing.assert_array_equal(again(4, 9), data[4:9])
 
@@ -178,19 +246,17 @@ def _slow_peak(spectrum) -> float:
 
 
 @pytest.mark.parametrize("chunks", [None, (6, 8192)])
-def test_large_blocks_reach_worker_processes_intact(write_usid, tmp_path, chunks):
-    """Blocks over SCATTER_BYTES are scattered to a worker (chunked source) or mapped by it (contiguous)."""
-    from lazyusid.parallel import SCATTER_BYTES
-
+@pytest.mark.parametrize("in_file", [False, True])
+def test_large_blocks_reach_worker_processes_intact(write_usid, tmp_path, chunks, in_file):
+    """Large blocks are read by the worker itself: mapped (contiguous) or decoded from raw chunks."""
     written = write_usid(
         [Dimension("Y", "m", 6), Dimension("X", "m", 7)], [Dimension("Frequency", "Hz", 8192)], chunks=chunks
     )
-    assert written.data[:3].nbytes * 7 >= SCATTER_BYTES  # 3 rows of positions make one block
     got = lazyusid.map_spectra(
         lazyusid.open_usid(written.path),
         _slow_peak,
         cores=2,
-        store=tmp_path / "r.h5",
+        store=written.path if in_file else tmp_path / "r.h5",
         positions_per_block=21,
         progress=False,
     )
