@@ -58,6 +58,10 @@ class Config:
     checkpoint_repeats: int
     groups_shape: tuple[int, int] = (64, 64)
     n_groups: int = 50
+    cluster_shape: tuple[int, int] = (64, 64)  # peak finder on the user's cluster (benchmark 6)
+    cluster_repeats: int = 3
+    derived_shape: tuple[int, int] = (512, 512)  # derived inputs stored (benchmark 7)
+    derived_repeats: int = 5
     notes: list[str] = field(default_factory=list)
 
 
@@ -76,6 +80,10 @@ def quick_config(workdir: str) -> Config:
         memory_shape=(512, 512),  # 238 MiB: 9.9x the budget
         checkpoint_shape=(512, 512),
         checkpoint_repeats=11,
+        cluster_shape=(64, 64),  # 3.7 MiB; ~3.5 s of work per run on 2 cores
+        cluster_repeats=3,
+        derived_shape=(512, 512),  # 238 MiB
+        derived_repeats=5,
     )
 
 
@@ -94,6 +102,10 @@ def full_config(workdir: str) -> Config:
         memory_shape=(1536, 1536),  # 8.4x the budget
         checkpoint_shape=(1536, 1536),
         checkpoint_repeats=7,
+        cluster_shape=(128, 128),  # 14.9 MiB; ~14 s of work per run on 2 cores
+        cluster_repeats=3,
+        derived_shape=(1536, 1536),  # 2.09 GiB
+        derived_repeats=5,
     )
 
 
@@ -115,6 +127,10 @@ def tiny_config(workdir: str) -> Config:
         checkpoint_repeats=1,
         groups_shape=(8, 8),
         n_groups=5,
+        cluster_shape=(8, 8),
+        cluster_repeats=1,
+        derived_shape=(16, 16),
+        derived_repeats=1,
     )
 
 
@@ -233,6 +249,16 @@ def run_python(code: str, *args: str, timeout_s: float = 1800) -> tuple[float, s
     if done.returncode != 0:
         raise RuntimeError(f"benchmark subprocess failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return seconds, done.stdout
+
+
+def loopback_rx_bytes() -> int:
+    """Bytes received so far on the loopback interface (``lo`` in ``/proc/net/dev``): traffic between local processes."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[0])
+    raise RuntimeError("no `lo` interface in /proc/net/dev: the loopback traffic cannot be measured here")
 
 
 def load_average() -> str:

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import psutil
 
-from . import checkpoint, memory, peaks, throughput
+from . import checkpoint, cluster, derived, memory, peaks, throughput
 from .common import Row, full_config, load_average, quick_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +30,8 @@ SUITES = {
     "vectorised": throughput.run,
     "memory": memory.run,
     "checkpoint": checkpoint.run,
+    "cluster": cluster.run,
+    "derived": derived.run,
 }
 PACKAGES = (
     "lazyusid",
@@ -177,11 +179,26 @@ Ratios are measured side by side in this one run, repeats interleaved; times are
   data (`open_usid` not timed, as in a new session after a crash). Data opened before the file
   changed has its layout analysed again in the timed call (~30–120 ms on 2.4 M positions).
 - **5**: lazyusid alone at 1×, 4× and 16× the positions of the smallest file.
+- **6**: a `dask scheduler` and 2 `dask worker --nthreads 1` processes (the command-line tools of this
+  environment, each in its own working directory; `PYTHONPATH` names this checkout), joined with
+  `Client(scheduler_file=...)` (not made the default client); started, and the workers' imports done,
+  before timing. Each repeat times `map_spectra(open_usid(src), peak_amplitude, client=client,
+  store=<fresh other file>.h5)` and the same call with `cores=2` and no client (lazyusid's session pool),
+  the order alternating. Bytes moved: received on `lo` (`/proc/net/dev`) from just before to just after
+  the call, over the input's bytes; the idle loopback rate with the cluster up (heartbeats, and anything
+  else running on the machine) is given beside it.
+- **7**: from a warm page cache, both on threads; lazyusid: `map_spectra(derived, f, vectorized=True,
+  positions_per_block=<its plan's>, store=<fresh file>.h5)` with `f = abs(block).max(axis=-1)`; dask:
+  the same derivation of `open_usid(src).data`, `reshape` to (positions, spectral), `rechunk` to the same
+  block, `map_blocks(f)`, `da.store` into a dataset of lazyusid's shape, dtype and chunks in a fresh file.
+  Opening the file is not timed for either.
 
 {NOTES}
 Sizes in this mode: peak finder {cfg.peaks_shape[0]}×{cfg.peaks_shape[1]}, vectorised
 {cfg.vector_shape[0]}×{cfg.vector_shape[1]}, memory {cfg.memory_shape[0]}×{cfg.memory_shape[1]} with budget
-{cfg.memory_budget}, checkpoint cost {cfg.checkpoint_shape[0]}×{cfg.checkpoint_shape[1]} (all ×119 complex64).
+{cfg.memory_budget}, checkpoint cost {cfg.checkpoint_shape[0]}×{cfg.checkpoint_shape[1]}, user cluster
+{cfg.cluster_shape[0]}×{cfg.cluster_shape[1]}, derived inputs {cfg.derived_shape[0]}×{cfg.derived_shape[1]}
+(all ×119 complex64).
 Reproduce: `/work/venv/bin/python -m benchmarks --quick` (about 3 minutes) or `--full` (the sizes
 issue 6 names).
 """

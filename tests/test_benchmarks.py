@@ -7,13 +7,15 @@ computed) must pass, and every benchmark must produce its rows.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 pytest.importorskip("pyUSID")
 psutil = pytest.importorskip("psutil")
 
-from benchmarks import checkpoint, memory, peaks, throughput  # noqa: E402
+from benchmarks import checkpoint, cluster, derived, memory, peaks, throughput  # noqa: E402
 from benchmarks.common import tiny_config  # noqa: E402
 from benchmarks.run import table, text_table, write_markdown  # noqa: E402
 
@@ -122,3 +124,65 @@ def test_blocks_are_read_directly_from_an_untouched_source(tmp_path):
         data, peak, core_dims="Frequency", positions_per_block=7, cores=1, store=path, progress=False
     )
     np.testing.assert_array_equal(stored.values, np.abs(data.values).max(axis=-1))
+
+
+def test_loopback_counter_sees_bytes_sent_between_local_sockets():
+    """Benchmark 6 measures relayed input with it: 4 MiB sent over 127.0.0.1 show up on `lo`."""
+    import socket
+    import threading
+
+    from benchmarks.common import loopback_rx_bytes
+
+    payload = b"x" * (4 * 2**20)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        before = loopback_rx_bytes()
+
+        def send():
+            with socket.create_connection(server.getsockname()) as conn:
+                conn.sendall(payload)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = 0
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(2**20):
+                received += len(chunk)
+        sender.join()
+        moved = loopback_rx_bytes() - before
+    assert received == len(payload)
+    assert moved >= len(payload)
+
+
+def test_command_line_cluster_has_two_single_threaded_workers_and_stops_them(tmp_path):
+    with cluster.CommandLineCluster(str(tmp_path / "cluster")) as c:
+        procs = list(c.procs)
+        nthreads = c.client.nthreads()
+        assert sorted(nthreads.values()) == [1, 1]
+        # the workers import this checkout's benchmarks package (PYTHONPATH)
+        import benchmarks
+
+        where = c.client.submit(lambda: __import__("benchmarks.functions").__file__, pure=False).result()
+        assert where == benchmarks.__file__
+        pids = c.client.run(os.getpid)
+    assert len(procs) == 3 and all(p.poll() is not None for p in procs)  # scheduler + 2 workers, all gone
+    assert all(
+        not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        for pid in pids.values()
+    )
+
+
+def test_user_cluster_stored_run_is_right_and_measured(cfg):
+    rows = _rows(cluster.run, cfg)
+    assert rows["results equal (both runs; a serial loop on sampled positions)"].passed
+    moved = rows["bytes moved between processes during the stored run / input bytes"]
+    assert moved.value.endswith(")") and "%" in moved.value and moved.passed is not None
+    assert rows["time on the user's cluster / lazyusid's local pool (cores=2)"].passed is not None
+
+
+def test_derived_inputs_stored_equal_da_store(cfg):
+    rows = _rows(derived.run, cfg)
+    assert rows["stored results equal da.store's"].passed
+    for label in ("data * 1", "data.isel(X=slice(1, None))"):
+        row = rows[f"`{label}` stored / da.store(map_blocks(f)) of the same blocks"]
+        assert row.passed is not None and "stored values equal: True" in row.detail
