@@ -57,7 +57,7 @@ def memory(path: str, target: str, budget: str, kind: str) -> None:
 
     data = lazyusid.open_usid(path)
     if kind == "processes":  # start and warm the worker processes: they are part of the baseline
-        from lazyusid.parallel import shared_client
+        from lazyusid.run.schedulers import shared_client
 
         client = shared_client(2)
         for module in ("lazyusid.compute", "benchmarks.functions"):  # what the first block would import

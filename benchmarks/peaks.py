@@ -63,7 +63,7 @@ def child(*args: str) -> tuple[float, dict]:
 
 def warm_workers() -> None:
     """Start the session's 2 worker processes and let them import the function once."""
-    from lazyusid.parallel import shared_client
+    from lazyusid.run.schedulers import shared_client
 
     client = shared_client(2)
     spectrum = np.ones(119, dtype=np.complex64)

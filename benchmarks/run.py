@@ -242,7 +242,7 @@ def main(argv=None) -> int:
             log(f"benchmark {name} ({cfg.mode})")
             rows.extend(SUITES[name](cfg, log))
     finally:
-        from lazyusid.parallel import shutdown
+        from lazyusid.run.schedulers import shutdown
 
         shutdown()
         if not args.workdir:

@@ -42,6 +42,8 @@ import numpy as np
 import pytest
 
 import lazyusid
+import lazyusid.open
+import lazyusid.rows
 from lazyusid import Dimension
 
 MAIN_GROUP = "Measurement_000/Channel_000"
@@ -260,13 +262,20 @@ def raise_if_dask_computes():
 
 @pytest.fixture
 def rows_read(monkeypatch):
-    """Record every ``(start, stop)`` that ``H5Source.read_rows`` reads (our reader; h5py untouched)."""
+    """Record every ``(start, stop)`` of rows our readers read (``H5Source`` of dask reads, ``RowReader`` of
+    block tasks; h5py untouched), in this process."""
     calls = []
     original = lazyusid.open.H5Source.read_rows
+    direct = lazyusid.rows.RowReader.__call__
 
     def read_rows(self, start, stop):
         calls.append((start, stop))
         return original(self, start, stop)
 
+    def call(self, start, stop):
+        calls.append((start, stop))
+        return direct(self, start, stop)
+
     monkeypatch.setattr(lazyusid.open.H5Source, "read_rows", read_rows)
+    monkeypatch.setattr(lazyusid.rows.RowReader, "__call__", call)
     return calls

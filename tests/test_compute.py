@@ -834,7 +834,7 @@ def test_progress_bar_for_a_long_run(capfd):
         data, sleepy_peak, core_dims=1, positions_per_block=6, cores=1, progress=True
     )
     capfd.readouterr()
-    result.compute(scheduler="sync")  # 48 x 30 ms: longer than the bar's 1 s delay
+    result.compute()  # on the plan's scheduler (this thread); 48 x 30 ms: longer than the bar's 1 s delay
     err = capfd.readouterr().err
     assert "sleepy_peak" in err
     assert "8/8" in err
