@@ -24,6 +24,7 @@ one-core jobs; ``scancel`` of one job in the middle of the run is survived.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,6 +103,21 @@ def assert_matches_reference(stored, input_file: InputFile) -> None:
         )
 
 
+def assert_complete(target: Path, n_positions: int) -> None:
+    """The target's results group flags every position as completed (read with plain h5py)."""
+    with h5py.File(target, "r") as f:
+        flags = []
+        f.visititems(
+            lambda name, obj: flags.append(obj[...]) if name.endswith("completed_positions") else None
+        )
+    assert len(flags) == 1, (
+        f"expected one results group with completed_positions in {target}, found {len(flags)}"
+    )
+    assert flags[0].shape == (n_positions,) and flags[0].all(), (
+        f"{int((flags[0] == 0).sum())} of {flags[0].size} positions not flagged completed in {target}"
+    )
+
+
 def calls_on_workers(client) -> dict[str, int]:
     """Spectra evaluated so far by :func:`cluster_functions.peak_features` in each worker."""
     return client.run(cluster_functions.calls)
@@ -112,6 +128,7 @@ def test_stored_run_on_command_line_cluster_matches_numpy(cli_cluster, input_fil
     client = cli_cluster.client
     stored = stored_run(lazyusid.open_usid(input_file.path), client, tmp_path / "out.h5")
     assert_matches_reference(stored, input_file)
+    assert_complete(tmp_path / "out.h5", input_file.n_positions)
     calls = calls_on_workers(client)
     assert sum(calls.values()) >= input_file.n_positions, f"spectra evaluated per worker: {calls}"
     assert all(n > 0 for n in calls.values()), f"a worker evaluated nothing: {calls}"
@@ -186,6 +203,7 @@ def test_stored_run_survives_sigkill_of_a_worker(cli_cluster, input_file, tmp_pa
     assert victim.wait(10) == -signal.SIGKILL
     assert len(client.scheduler_info()["workers"]) == 1
     assert_matches_reference(stored, input_file)
+    assert_complete(tmp_path / "out.h5", input_file.n_positions)
 
 
 # ---------------------------------------------------------------- SLURM
@@ -246,12 +264,14 @@ def test_slurm_cluster_survives_scancel_of_a_worker_job(slurm_node, input_file, 
                 "the run ended before a job was cancelled: the test proves nothing"
             )
             assert_matches_reference(stored, input_file)
+            assert_complete(tmp_path / "out.h5", input_file.n_positions)
             queue = slurm_node.run("squeue", "--noheader", "--format", "%i %T")
             assert str(job_id) not in queue.split(), f"job {job_id} still queued after scancel:\n{queue}"
         finally:
             for log in sorted((tmp_path / "job-logs").glob("*")):
                 print(f"----- {log} -----\n{log.read_text(errors='replace')[-10_000:]}")
-            print(slurm_node.run("squeue", "-l"))
+            with contextlib.suppress(Exception):
+                print(slurm_node.run("squeue", "-l"))
 
 
 def test_slurm_fixture_skips_without_apt_or_root(tmp_path):
