@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import lazyusid
 from lazyusid.function import Output, SpectralFunction
 from lazyusid.identity import (
     UnhashableParameterError,
@@ -471,3 +472,70 @@ def test_identity_is_readable_json():
     assert back["params"]["big"]["sha256"] == digest(np.zeros(1000))
     assert back["params"]["nan"] == "nan"
     assert readable({"t": (1, 2)}) == {"t": [1, 2]}
+
+
+# ---------------------------------------------------------------------------
+# NumPy scalars by dtype: np.float64(1.0) is not 1.0 (NumPy 2 promotion computes other numbers)
+
+
+@pytest.mark.parametrize(
+    ("numpy_value", "python_value"),
+    [
+        (np.float64(1.0), 1.0),
+        (np.int64(1), 1),
+        (np.bool_(True), True),
+        (np.complex128(1j), 1j),
+        (np.str_("a"), "a"),
+        (np.bytes_(b"a"), b"a"),
+    ],
+)
+def test_numpy_scalars_differ_from_the_python_values_they_subclass_or_equal(numpy_value, python_value):
+    assert numpy_value == python_value
+    assert digest(numpy_value) != digest(python_value)
+    assert digest([numpy_value]) != digest([python_value])
+    assert digest({"k": numpy_value}) != digest({"k": python_value})
+    assert digest(numpy_value) == digest(type(numpy_value)(python_value))  # still stable by value
+
+
+def test_numpy_scalars_of_different_dtypes_differ():
+    ones = [1.0, np.float16(1), np.float32(1), np.float64(1), np.longdouble(1), 1, np.int32(1), np.int64(1)]
+    assert len({digest(v) for v in ones}) == len(ones)
+    assert digest(np.float64(1.0)) != digest(np.float64(2.0))
+
+
+def test_tokens_of_numpy_and_python_parameters_differ():
+    def token(k):
+        fn = SpectralFunction(scale, {"k": k}, (Output("amp", (), "f8"),))
+        return computation_token(tool="scale", function=fn, source={"dataset": "/a"})
+
+    (python, _), (numpy, identity) = token(1.0), token(np.float64(1.0))
+    assert python != numpy
+    assert identity["params"]["k"] == {"dtype": "<f8", "shape": [], "values": 1.0}
+    assert identity["format_version"] >= 2  # tokens of format 1 conflated the two: they never match now
+
+
+def summed(spectrum, k):
+    """float32 spectrum × k: float32 products for a Python float, float64 for np.float64 (NumPy 2)."""
+    return float((spectrum * k).sum())
+
+
+def test_a_stored_result_for_a_python_float_is_not_returned_for_np_float64(write_usid, tmp_path):
+    source = write_usid(dtype="f4")
+    data = lazyusid.open_usid(source.path)
+    store = os.fspath(tmp_path / "results.h5")
+    spectra = source.data_2d
+    k = 1 / 3
+    loops = {
+        kind: np.array([float((s * value).sum()) for s in spectra]).reshape(16, 24)
+        for kind, value in (("python", k), ("numpy", np.float64(k)))
+    }
+    assert not np.array_equal(loops["python"], loops["numpy"])  # the two really compute other numbers
+
+    first = lazyusid.map_spectra(data, summed, params={"k": k}, store=store, cores=1, progress=False)
+    np.testing.assert_array_equal(first.values, loops["python"])
+    second = lazyusid.map_spectra(
+        data, summed, params={"k": np.float64(k)}, store=store, cores=1, progress=False
+    )
+    assert second.attrs["usid_token"] != first.attrs["usid_token"]
+    assert second.attrs["usid_rows_computed"] == 16 * 24
+    np.testing.assert_array_equal(second.values, loops["numpy"])
