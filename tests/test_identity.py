@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lazyusid
+from lazyusid.fingerprint import content_fingerprint, sampled_rows
 from lazyusid.function import Output, SpectralFunction
 from lazyusid.identity import (
     UnhashableParameterError,
@@ -539,3 +541,74 @@ def test_a_stored_result_for_a_python_float_is_not_returned_for_np_float64(write
     assert second.attrs["usid_token"] != first.attrs["usid_token"]
     assert second.attrs["usid_rows_computed"] == 16 * 24
     np.testing.assert_array_equal(second.values, loops["numpy"])
+
+
+# ---------------------------------------------------------------------------
+# content fingerprint of a file-backed input
+
+
+def write_dataset(path, values, **kwargs) -> str:
+    with h5py.File(path, "a") as f:
+        if "d" in f:
+            del f["d"]
+        f.create_dataset("d", data=values, **kwargs)
+    return os.fspath(path)
+
+
+def rewrite_in_place(path, row, value) -> None:
+    with h5py.File(path, "r+") as f:
+        f["d"][row] = value
+
+
+def test_fingerprint_sees_a_change_in_sampled_rows(tmp_path):
+    values = np.arange(1000 * 3, dtype="f4").reshape(1000, 3)
+    path = write_dataset(tmp_path / "a.h5", values)
+    before = content_fingerprint(path, "/d")
+    assert len(before) == 64 and content_fingerprint(path, "d") == before
+    rows = sampled_rows(1000)
+    assert rows[0] == 0 and rows[-1] == 999 and 60 <= len(rows) <= 70
+    assert np.all(np.diff(rows) > 0)
+    seen = {before}
+    for row in (0, 999, int(rows[len(rows) // 2])):
+        rewrite_in_place(path, row, -1.0)
+        now = content_fingerprint(path, "/d")
+        assert now not in seen  # recomputed: not the memo of the old file
+        seen.add(now)
+
+
+def test_fingerprint_cannot_see_a_change_confined_to_unsampled_rows(tmp_path):
+    """The documented limit (docs/checkpoints.md): only the sampled rows are read."""
+    values = np.zeros((1000, 3), dtype="f4")
+    path = write_dataset(tmp_path / "a.h5", values)
+    before = content_fingerprint(path, "/d")
+    unsampled = sorted(set(range(1000)) - set(sampled_rows(1000).tolist()))[5]
+    rewrite_in_place(path, unsampled, 7.0)
+    assert content_fingerprint(path, "/d") == before
+
+
+def test_fingerprint_covers_shape_dtype_and_storage_layout(tmp_path):
+    values = np.random.default_rng(0).standard_normal((50, 8)).astype("f4")
+    variants = {
+        "contiguous": ("a.h5", values, {}),
+        "chunked": ("b.h5", values, {"chunks": (10, 8)}),
+        "other chunks": ("c.h5", values, {"chunks": (5, 8)}),
+        "gzip": ("d.h5", values, {"chunks": (10, 8), "compression": "gzip"}),
+        "gzip 9": ("e.h5", values, {"chunks": (10, 8), "compression": "gzip", "compression_opts": 9}),
+        "float64": ("f.h5", values.astype("f8"), {}),
+        "transposed shape": ("g.h5", values.reshape(8, 50), {}),
+    }
+    prints = {
+        k: content_fingerprint(write_dataset(tmp_path / f, v, **kw), "/d")
+        for k, (f, v, kw) in variants.items()
+    }
+    assert len(set(prints.values())) == len(prints), prints
+    # the same content and layout in another file: the same fingerprint (the path is identified apart)
+    assert content_fingerprint(write_dataset(tmp_path / "copy.h5", values), "/d") == prints["contiguous"]
+
+
+def test_fingerprint_of_small_odd_datasets(tmp_path):
+    cases = [np.zeros((0, 4)), np.arange(3.0), np.float32(2.5), np.zeros((1, 2, 3), "c8")]
+    prints = [content_fingerprint(write_dataset(tmp_path / f"{i}.h5", v), "/d") for i, v in enumerate(cases)]
+    assert len(set(prints)) == len(prints)
+    with pytest.raises(KeyError):
+        content_fingerprint(write_dataset(tmp_path / "x.h5", np.zeros(2)), "/missing")

@@ -223,7 +223,9 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
     ``usid_*`` attributes through arithmetic, so an input computed from the
     source (``data * 2``, ``abs(data)``) also counts its dask graph's name,
     and in-memory values count by digest: such inputs never pass for the
-    source itself.
+    source itself. A file dataset also counts by its content fingerprint
+    (:func:`lazyusid.fingerprint.content_fingerprint`: shape, dtype, layout
+    and a sample of rows), so that a source rewritten in place computes anew.
     """
     coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
     source = {
@@ -239,8 +241,12 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
         source["file"] = None if in_file else os.path.abspath(data.attrs["usid_file"])
         if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
             source["data"] = digest(np.asarray(arr))
-        elif not _selects_source(data):
-            source["graph"] = arr.name
+        else:  # read from the file when it runs: what the file holds now
+            from ..fingerprint import content_fingerprint  # here: this function is all item 6 touches
+
+            source["fingerprint"] = content_fingerprint(data.attrs["usid_file"], data.attrs["usid_dataset"])
+            if not _selects_source(data):
+                source["graph"] = arr.name
     else:  # not from a file: identify the values themselves
         source["data"] = arr.name if hasattr(arr, "dask") else digest(np.asarray(arr))
     return source
