@@ -242,7 +242,7 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool) -> dict:
         if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
             source["data"] = digest(np.asarray(arr))
         else:  # read from the file when it runs: what the file holds now
-            from ..fingerprint import content_fingerprint  # here: this function is all item 6 touches
+            from ..fingerprint import content_fingerprint
 
             source["fingerprint"] = content_fingerprint(data.attrs["usid_file"], data.attrs["usid_dataset"])
             if not _selects_source(data):
