@@ -612,3 +612,21 @@ def test_fingerprint_of_small_odd_datasets(tmp_path):
     assert len(set(prints)) == len(prints)
     with pytest.raises(KeyError):
         content_fingerprint(write_dataset(tmp_path / "x.h5", np.zeros(2)), "/missing")
+
+
+def test_fingerprint_of_a_compressed_dataset_sees_sampled_rows_and_every_chunk_column(tmp_path):
+    values = np.random.default_rng(1).standard_normal((400, 12)).astype("f4")
+    path = write_dataset(tmp_path / "z.h5", values, chunks=(16, 5), compression="gzip")
+    seen = {content_fingerprint(path, "/d")}
+    rows = sampled_rows(400)
+    for row, col in ((0, 0), (399, 11), (int(rows[30]), 7)):
+        with h5py.File(path, "r+") as f:
+            f["d"][row, col] += 1
+        now = content_fingerprint(path, "/d")
+        assert now not in seen
+        seen.add(now)
+    # a dataset with chunks never written (the fill value) has a fingerprint too
+    with h5py.File(path, "a") as f:
+        f.create_dataset("sparse", shape=(400, 12), dtype="f4", chunks=(16, 12), compression="gzip")
+        f["sparse"][:16] = 1
+    assert content_fingerprint(path, "/sparse") not in seen
