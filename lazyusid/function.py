@@ -324,8 +324,10 @@ def _judge(value, out: np.dtype):
     dtype = getattr(value, "dtype", None)
     if not isinstance(dtype, np.dtype):
         if isinstance(value, int) and not isinstance(value, bool):  # any size: checked by value,
-            if out.kind in "iu":  # in the loop itself with `value in range(...)` (fast, exact)
+            if out.kind in "iu" and type(value) is int:  # in the loop: `value in range(...)`, O(1)
                 return range(int(_bounds(out).min), int(_bounds(out).max) + 1)
+            if out.kind in "iu":  # an int subclass: `in range` would iterate
+                return "range"
             return True if out.kind in "fc" else "refuse"
         dtype = next((d for t, d in _PYTHON_DTYPES.items() if isinstance(value, t)), None)
         if dtype is None:
@@ -362,11 +364,12 @@ def _fit(value, output: Output, *, rows: bool = False):
         return _fit(np.asarray(value), output, rows=rows)
     if verdict == "range" or isinstance(verdict, range):
         info = _bounds(out)
-        if isinstance(value, int):
-            if info.min <= value <= info.max:
+        if isinstance(value, (int, np.integer)):  # a scalar: compared as a Python int, exactly
+            if info.min <= int(value) <= info.max:
                 return value
-            bad, row = value, None
-            what = f"an int ({value!r}), outside the range of {out} ({info.min} to {info.max})"
+            bad, row = int(value), None
+            kind = "an int" if isinstance(value, int) else _article(value.dtype)
+            what = f"{kind} ({bad!r}), outside the range of {out} ({info.min} to {info.max})"
         else:
             arr = np.asarray(value)
             outside = (arr < info.min) | (arr > info.max)

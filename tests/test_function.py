@@ -481,3 +481,22 @@ def test_map_spectra_refuses_the_silent_int_cast():
         data, mean_or_zero, outputs={"mean_or_zero": "float64"}, cores=1, progress=False
     )
     np.testing.assert_array_equal(fixed.values, [[mean_or_zero(s) for s in data[0]]])
+
+
+def test_int_subclasses_are_checked_by_value_without_iterating_a_range():
+    import enum
+
+    class Level(enum.IntEnum):
+        LOW = 1
+        HIGH = 2**40
+
+    def level(spectrum):
+        return 0 if spectrum[0] == 1.0 else (Level.LOW if spectrum[0] == 2.0 else Level.HIGH)
+
+    fn = make(level)
+    assert fn.outputs[0].dtype == np.int64
+    (out,) = fn.evaluate(BLOCK)  # `Level.HIGH in range(-2**63, 2**63)` would iterate for ever
+    np.testing.assert_array_equal(out, [0, 1, 2**40, 2**40, 2**40])
+    narrow = SpectralFunction(level, {}, (Output("level", (), "int32"),))
+    with pytest.raises(OutputDtypeError, match=r"position 2: .*outside the range of int32"):
+        narrow.evaluate(BLOCK)
