@@ -30,9 +30,9 @@ from .files import list_main, tree
 from .function import Output
 from .layout import is_main, read_layout, validate_main
 from .open import open_usid
-from .run.schedulers import shutdown
 from .plan import BlockPlan, parse_budget
 from .process import Process
+from .run.schedulers import shutdown
 from .write import write_main
 
 __all__ = [

@@ -97,8 +97,14 @@ def prepare_map(
         raise TypeError(f"func must be callable, got {func!r}")
     n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
     if n_positions == 0 or 0 in data.shape:
-        where = f" ({data.attrs['usid_dataset']} in {data.attrs['usid_file']})" if "usid_file" in data.attrs else ""
-        raise ValueError(f"the data{where} is empty: its shape is {dict(data.sizes)}; there is nothing to map")
+        where = (
+            f" ({data.attrs['usid_dataset']} in {data.attrs['usid_file']})"
+            if "usid_file" in data.attrs
+            else ""
+        )
+        raise ValueError(
+            f"the data{where} is empty: its shape is {dict(data.sizes)}; there is nothing to map"
+        )
 
     first = {d: 0 for d in loop_dims}
     sample = _spectrum(data, loop_dims, first)

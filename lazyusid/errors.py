@@ -66,3 +66,14 @@ class StoreBusyError(LazyUSIDError, BlockingIOError):
 
 class StoreConflictError(LazyUSIDError, FileExistsError):
     """The target holds something else under the requested name: it is never overwritten."""
+
+
+class OutputDtypeError(SpectralFunctionError, TypeError):
+    """The function returned a value its output's dtype cannot hold without loss.
+
+    A float after an output inferred as integer, a complex value for a real
+    output, an integer out of the output's range, a string or ``None``: each
+    would otherwise be stored cast (or as NaN). The message names the
+    position, the output's dtype and where it came from, what was returned,
+    and the ``outputs=`` declaration that fixes it.
+    """

@@ -3,18 +3,22 @@
 :class:`SpectralFunction` is what travels to worker processes: it holds the
 callable, its parameters, whether it is per-spectrum or per-block, and the
 declared (or inferred) outputs. :meth:`SpectralFunction.evaluate` runs it
-over one block of spectra and reports failures with their position.
+over one block of spectra and reports failures with their position. Every
+value must fit its output's dtype without loss (DESIGN.md, decision 9):
+``np.can_cast(value, dtype, "same_kind")``, integers by value, never a
+silent cast.
 """
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import SpectralFunctionError
+from .errors import OutputDtypeError, SpectralFunctionError
 
 #: units of an output that declares none: arbitrary units, as pyUSID writes them
 DEFAULT_UNITS = "a. u."
@@ -35,6 +39,9 @@ class Output:
     units : str
         Units of the values, stored with them (the USID ``units`` attribute;
         default ``"a. u."``, arbitrary units).
+    inferred_at : int, optional
+        The position whose value the dtype was inferred from (``None``:
+        declared). Only for messages: not part of equality or identity.
     """
 
     name: str
@@ -42,6 +49,7 @@ class Output:
     dtype: np.dtype = field(default=np.dtype("float64"))
     dims: tuple[str, ...] | None = None
     units: str = DEFAULT_UNITS
+    inferred_at: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.units, str):
@@ -128,30 +136,62 @@ class SpectralFunction:
                     part = np.asarray(part)
                     if part.shape != out.shape:
                         raise ValueError(f"output {o.name!r} has shape {part.shape}, expected {out.shape}")
+                    if _VERDICTS.get((part.dtype, o.dtype)) is not True:
+                        _fit(part, o, rows=True)
                     out[...] = part
+            except _Unfit as unfit:
+                at = first + unfit.row if unfit.row is not None else first
+                stop = None if unfit.row is not None else first + n
+                raise self._unfit_error(unfit, at, stop, loop_shape, loop_dims) from None
             except Exception as exc:
                 raise self._error(exc, first, first + n, loop_shape, loop_dims) from exc
             return outs
         params = self.params
         func = self.func
+        verdicts = _VERDICTS
         for i in range(n):
             try:
                 parts = self.split(func(block[i], **params))
                 for out, part, o in zip(outs, parts, self.outputs):
                     if np.shape(part) != o.shape:  # assignment would broadcast a wrong shape silently
                         raise ValueError(f"output {o.name!r} has shape {np.shape(part)}, expected {o.shape}")
+                    # a cached verdict per (value dtype or Python type, output dtype); anything but
+                    # "fits" takes the slow path, which converts, checks by value, or refuses
+                    dtype = getattr(part, "dtype", None)
+                    fits = verdicts.get((type(part) if dtype is None else dtype, o.dtype))
+                    if fits is not True and not (fits.__class__ is range and part in fits):
+                        part = _fit(part, o)
                     out[i] = part
+            except _Unfit as unfit:
+                raise self._unfit_error(unfit, first + i, None, loop_shape, loop_dims) from None
             except Exception as exc:
                 raise self._error(exc, first + i, None, loop_shape, loop_dims) from exc
         return outs
 
+    def _unfit_error(self, unfit: _Unfit, start, stop, loop_shape, loop_dims) -> OutputDtypeError:
+        where, coords = _where(start, stop, loop_shape, loop_dims)
+        o = unfit.output
+        origin = (
+            "declared" if o.inferred_at is None else f"inferred from the value at position {o.inferred_at}"
+        )
+        if unfit.value is None:
+            head = f"{self.name} returned None for output {o.name!r} at {where}"
+            fix = "Return a number for every position (np.nan marks a missing value)."
+        else:
+            head = f"{self.name} returned a value that output {o.name!r} cannot hold, at {where}"
+            fix = (
+                "Make the function return numbers."
+                if unfit.suggest is None
+                else f"Declare the output's dtype: outputs={_declaration(self.outputs, o, unfit.suggest)}."
+            )
+        message = (
+            f"{head}: output {o.name!r} is {o.dtype}, {origin}; it got {unfit.what}. {fix} "
+            f"(params {_short(self.params)})"
+        )
+        return OutputDtypeError(message, position=start, coords=coords)
+
     def _error(self, exc, start, stop, loop_shape, loop_dims) -> SpectralFunctionError:
-        coords = {}
-        if loop_shape:
-            coords = dict(zip(loop_dims, (int(i) for i in np.unravel_index(start, loop_shape))))
-        where = f"position {start}" if stop is None else f"the block of positions {start}:{stop}"
-        if coords:
-            where += f" ({', '.join(f'{k}={v}' for k, v in coords.items())})"
+        where, coords = _where(start, stop, loop_shape, loop_dims)
         tb = "".join(traceback.format_exception(exc)).rstrip()
         message = (
             f"{self.name} failed at {where} with params {_short(self.params)}: "
@@ -176,14 +216,12 @@ def infer_outputs(
     (vectorised), taken at flat ``position`` (N-D indices ``coords``), which
     a failure names. Returns ``(outputs, single)``.
     """
+    name = getattr(func, "__name__", repr(func))
+    coords = dict(coords or {})
+    where = f"position {position}" + _coords_text(coords)
     try:
         result = func(sample, **params)
     except Exception as exc:
-        name = getattr(func, "__name__", repr(func))
-        coords = dict(coords or {})
-        where = f"position {position}"
-        if coords:
-            where += f" ({', '.join(f'{k}={v}' for k, v in coords.items())})"
         raise SpectralFunctionError(
             f"{name} failed at {where} while lazyusid inferred its outputs, with params "
             f"{_short(params)}: {type(exc).__name__}: {exc}. Fix the function, or check it with "
@@ -219,33 +257,187 @@ def infer_outputs(
         names = names or [getattr(func, "__name__", "result").strip("<>") or "result"]
         values = [result]
     result_outputs = []
-    for name, value in zip(names, values):
+    for output, value in zip(names, values):
+        if value is None:
+            raise OutputDtypeError(
+                f"{name} returned None for output {output!r} at {where} while lazyusid inferred its "
+                "outputs; return a number for every position (np.nan marks a missing value).",
+                position=position,
+                coords=coords,
+            )
         value = np.asarray(value)
         shape = value.shape[1:] if vectorized else value.shape
-        spec = declared.get(name)
+        spec = declared.get(output)
         if isinstance(spec, Output):
             result_outputs.append(spec)
             continue
-        dtype, dims, units = value.dtype, None, DEFAULT_UNITS
+        dtype, dims, units, inferred_at = value.dtype, None, DEFAULT_UNITS, position
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"dtype", "shape", "dims", "units"}
             if unknown:
                 raise TypeError(
-                    f"output {name!r}: unknown keys {sorted(unknown)}; an output is declared with "
+                    f"output {output!r}: unknown keys {sorted(unknown)}; an output is declared with "
                     "dtype, shape, dims and units"
                 )
-            dtype = spec.get("dtype", dtype)
+            if "dtype" in spec:
+                dtype, inferred_at = spec["dtype"], None
             shape = tuple(spec.get("shape", shape))
             dims = spec.get("dims")
             units = spec.get("units", units)
         elif spec is not None:
-            dtype = spec
+            dtype, inferred_at = spec, None
         if np.dtype(dtype).kind in "OUS":
-            raise TypeError(
-                f"output {name!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype)"
+            raise OutputDtypeError(
+                f"output {output!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype). "
+                f"{name} returned {_value_text(value)} at {where}.",
+                position=position,
+                coords=coords,
             )
-        result_outputs.append(Output(name, shape, dtype, dims, units))
+        result_outputs.append(Output(output, shape, dtype, dims, units, inferred_at=inferred_at))
     return tuple(result_outputs), single
+
+
+# ---------------------------------------------------------------------------
+# does a value fit its output's dtype?
+
+#: (value dtype, or Python type of a value without one; output dtype) → True when the value always
+#: fits, a ``range`` a Python int must be in; other verdicts ("range": NumPy integers checked by
+#: value, "convert", "refuse") take the slow path of _fit
+_VERDICTS: dict = {}
+_PYTHON_DTYPES = {bool: np.dtype(bool), float: np.dtype(float), complex: np.dtype(complex)}
+
+
+class _Unfit(Exception):
+    """A value an output cannot hold: what came, the dtype that would hold it, and the row (vectorised)."""
+
+    def __init__(self, output: Output, value, what: str, suggest, row: int | None = None):
+        super().__init__(what)
+        self.output, self.value, self.what, self.suggest, self.row = output, value, what, suggest, row
+
+
+def _judge(value, out: np.dtype):
+    """The verdict for ``value`` into ``out``: True (fits), "range" (integers: by value), "convert", "refuse"."""
+    if value is None or isinstance(value, (str, bytes)):
+        return "refuse"
+    if out.fields is not None:  # a compound output: NumPy assigns (and checks) field by field
+        return True
+    dtype = getattr(value, "dtype", None)
+    if not isinstance(dtype, np.dtype):
+        if isinstance(value, int) and not isinstance(value, bool):  # any size: checked by value,
+            if out.kind in "iu" and type(value) is int:  # in the loop: `value in range(...)`, O(1)
+                return range(int(_bounds(out).min), int(_bounds(out).max) + 1)
+            if out.kind in "iu":  # an int subclass: `in range` would iterate
+                return "range"
+            return True if out.kind in "fc" else "refuse"
+        dtype = next((d for t, d in _PYTHON_DTYPES.items() if isinstance(value, t)), None)
+        if dtype is None:
+            return "convert"  # a list, a tuple: as an array, then judged by its dtype
+    if np.can_cast(dtype, out, "safe"):
+        return True
+    if dtype.kind in "iu" and out.kind in "iu":
+        return "range"
+    if out.kind not in "iub" and np.can_cast(dtype, out, "same_kind"):
+        return True  # float64 into float32: rounding to the declared precision is asked for
+    return "refuse"
+
+
+def _fit(value, output: Output, *, rows: bool = False):
+    """``value`` ready to store in ``output`` (lists as arrays), or :class:`_Unfit`.
+
+    ``rows``: ``value`` holds a block (positions first); an integer out of
+    range names its row.
+    """
+    out = output.dtype
+    dtype = getattr(value, "dtype", None)
+    key = (type(value) if dtype is None else dtype, out)
+    try:
+        verdict = _VERDICTS.get(key)
+    except TypeError:  # a foreign, unhashable dtype
+        verdict, key = None, None
+    if verdict is None:
+        verdict = _judge(value, out)
+        if key is not None:  # a verdict depends on the key only: values are checked below
+            _VERDICTS[key] = verdict
+    if verdict is True:
+        return value
+    if verdict == "convert":
+        return _fit(np.asarray(value), output, rows=rows)
+    if verdict == "range" or isinstance(verdict, range):
+        info = _bounds(out)
+        if isinstance(value, (int, np.integer)):  # a scalar: compared as a Python int, exactly
+            if info.min <= int(value) <= info.max:
+                return value
+            bad, row = int(value), None
+            kind = "an int" if isinstance(value, int) else _article(value.dtype)
+            what = f"{kind} ({bad!r}), outside the range of {out} ({info.min} to {info.max})"
+        else:
+            arr = np.asarray(value)
+            outside = (arr < info.min) | (arr > info.max)
+            if not outside.any():
+                return value
+            flat = int(np.argmax(outside.reshape(-1)))
+            bad = arr.reshape(-1)[flat].item()
+            row = int(np.unravel_index(flat, arr.shape)[0]) if rows and arr.ndim else None
+            what = f"{_article(arr.dtype)} ({bad!r}), outside the range of {out} ({info.min} to {info.max})"
+        holds = next((d for d in ("int64", "uint64") if np.iinfo(d).min <= bad <= np.iinfo(d).max), "float64")
+        raise _Unfit(output, bad, what, np.dtype(holds), row)
+    if value is None:
+        raise _Unfit(output, None, "None", None)
+    if isinstance(value, (str, bytes)) or (isinstance(dtype, np.dtype) and dtype.kind in "OUSV"):
+        what = f"a {type(value).__name__} ({_value_text(value)})"
+        raise _Unfit(output, value, what, None)
+    vdtype = _PYTHON_DTYPES.get(type(value), dtype)
+    what = f"{_article(vdtype)} ({_value_text(value)})"
+    try:
+        suggest = np.result_type(vdtype, out)
+    except TypeError:
+        suggest = None
+    raise _Unfit(output, value, what, suggest)
+
+
+@functools.cache
+def _bounds(dtype: np.dtype) -> np.iinfo:
+    return np.iinfo(dtype)
+
+
+def _article(dtype: np.dtype) -> str:
+    name = str(dtype)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _value_text(value) -> str:
+    if isinstance(value, np.ndarray) and value.ndim:
+        return np.array2string(value, threshold=6, edgeitems=2)
+    if isinstance(value, np.ndarray | np.generic):
+        return repr(value.item())
+    return repr(value)
+
+
+def _declaration(outputs: tuple[Output, ...], fixed: Output, dtype: np.dtype) -> str:
+    """``{'amp': 'float64', ...}``: every output, so that none is dropped, ``fixed`` with ``dtype``."""
+    items = []
+    for o in outputs:
+        name = np.dtype(dtype if o is fixed else o.dtype).name
+        spec = {"dtype": name}
+        if o.units != DEFAULT_UNITS:
+            spec["units"] = o.units
+        if o.dims != Output(o.name, o.shape).dims:
+            spec["dims"] = o.dims
+        items.append(f"{o.name!r}: {spec if len(spec) > 1 else repr(name)}")
+    return "{" + ", ".join(items) + "}"
+
+
+def _where(start, stop, loop_shape, loop_dims) -> tuple[str, dict]:
+    """``"position 13 (Y=2, X=1)"`` or ``"the block of positions 10:15 (...)"``, and the N-D indices."""
+    coords = {}
+    if loop_shape:
+        coords = dict(zip(loop_dims, (int(i) for i in np.unravel_index(start, loop_shape))))
+    where = f"position {start}" if stop is None else f"the block of positions {start}:{stop}"
+    return where + _coords_text(coords), coords
+
+
+def _coords_text(coords: Mapping) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in coords.items())})" if coords else ""
 
 
 def _describe(value) -> str:

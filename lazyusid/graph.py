@@ -144,7 +144,15 @@ class SpectralMap:
         run = dask.delayed(run_block, pure=True)
         suffix = "" if write is None else "-" + dask.base.tokenize(write)
         return [
-            run(function, source, a, b, where, write, dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a}-{b}")
+            run(
+                function,
+                source,
+                a,
+                b,
+                where,
+                write,
+                dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a}-{b}",
+            )
             for source, (a, b) in zip(sources, ranges)
         ]
 
@@ -158,7 +166,9 @@ class SpectralMap:
             flat = arr.reshape((n, *self.core_shape), merge_chunks=True).rechunk(chunks)
         else:
             values = np.asarray(arr).reshape((n, *self.core_shape)).view()
-            values.flags.writeable = False  # a function that mutates its argument must not change the caller's
+            values.flags.writeable = (
+                False  # a function that mutates its argument must not change the caller's
+            )
             flat = da.from_array(values, chunks=chunks, name="lazyusid-input-" + dask.base.tokenize(values))
         pieces = dict(zip(edges[:-1], flat.to_delayed(optimize_graph=True).ravel()))
         return [pieces[a] for a, _ in ranges]
@@ -183,7 +193,9 @@ class SpectralMap:
             nd = flat.reshape(self.loop_shape + out.shape)
             nd.__dask_scheduler__ = run  # dask.compute asks the collection where it runs
             attrs = {"usid_function": self.function.name, "units": out.units}
-            attrs.update({k: self.data.attrs[k] for k in ("usid_file", "usid_dataset") if k in self.data.attrs})
+            attrs.update(
+                {k: self.data.attrs[k] for k in ("usid_file", "usid_dataset") if k in self.data.attrs}
+            )
             arrays[out.name] = xr.Variable(self.loop_dims + out.dims, nd, attrs=attrs)
         coords = {k: v for k, v in self.data.coords.items() if set(v.dims) <= set(self.loop_dims)}
         if self.function.single:
@@ -223,7 +235,9 @@ def _input_name(data: xr.DataArray):
     return arr.name if isinstance(arr, da.Array) else dask.base.tokenize(np.asarray(arr))
 
 
-def flat_reader(data: xr.DataArray, n_core_dims: int, *, file_order: tuple, rows: RowReader) -> FlatReader | None:
+def flat_reader(
+    data: xr.DataArray, n_core_dims: int, *, file_order: tuple, rows: RowReader
+) -> FlatReader | None:
     """A :class:`FlatReader` of ``rows`` when ``data`` (an untouched source) has its dimensions in file order."""
     if tuple(data.dims) != tuple(file_order):
         return None

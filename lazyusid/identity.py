@@ -3,8 +3,8 @@
 Two computations share a token only if they would produce the same numbers:
 the same tool, the same function (module, qualified name and a hash of its
 code), the same parameters (``1``, ``1.0`` and ``True`` differ; NumPy arrays
-by dtype, shape and bytes), the same declared outputs and core dimensions,
-and the same source. Nothing here uses Python's ``hash()`` (salted per
+and scalars by dtype, shape and bytes, so ``np.float64(1.0)`` is not ``1.0``),
+the same declared outputs and core dimensions, and the same source. Nothing here uses Python's ``hash()`` (salted per
 process) or pickle (not canonical), so tokens are stable across processes
 and sessions (DESIGN.md, decision 7).
 """
@@ -26,8 +26,9 @@ import numpy as np
 
 from .errors import LazyUSIDError
 
-#: bump when the meaning of stored results changes; part of every token
-RESULT_FORMAT_VERSION = 1
+#: bump when the meaning of stored results changes; part of every token.
+#: 2: NumPy scalars count by dtype (format 1 gave ``np.float64(1.0)`` and ``1.0`` one token)
+RESULT_FORMAT_VERSION = 2
 
 #: arrays larger than this appear in the readable parameters by digest only
 _READABLE_ARRAY_ITEMS = 64
@@ -163,7 +164,18 @@ def _encode(value, update, *, path: str) -> None:
     """Feed a type-tagged, length-prefixed encoding of ``value`` to ``update``."""
     if value is None:
         _tag(update, b"N")
-    elif isinstance(value, (bool, np.bool_)):
+    elif isinstance(value, (np.ndarray, np.generic)):
+        # before the builtins: np.float64 is a float, np.str_ a str, np.bool_ equals True, yet each
+        # computes (or promotes) differently, so NumPy scalars count by dtype too
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":
+            raise UnhashableParameterError(
+                f"{path}: object arrays have no canonical encoding; use a numeric dtype"
+            )
+        kind = b"A" if isinstance(value, np.ndarray) else b"G"
+        _tag(update, kind, f"{_dtype_text(arr.dtype)}{arr.shape}".encode())
+        _tag(update, b"D", np.ascontiguousarray(arr).tobytes())
+    elif isinstance(value, bool):
         _tag(update, b"B", b"1" if value else b"0")
     elif isinstance(value, int):
         _tag(update, b"I", str(value).encode())
@@ -175,15 +187,6 @@ def _encode(value, update, *, path: str) -> None:
         _tag(update, b"S", value.encode("utf-8"))
     elif isinstance(value, (bytes, bytearray)):
         _tag(update, b"Y", bytes(value))
-    elif isinstance(value, (np.ndarray, np.generic)):
-        arr = np.asarray(value)
-        if arr.dtype.kind == "O":
-            raise UnhashableParameterError(
-                f"{path}: object arrays have no canonical encoding; use a numeric dtype"
-            )
-        kind = b"A" if isinstance(value, np.ndarray) else b"G"
-        _tag(update, kind, f"{_dtype_text(arr.dtype)}{arr.shape}".encode())
-        _tag(update, b"D", np.ascontiguousarray(arr).tobytes())
     elif isinstance(value, (list, tuple)):
         _tag(update, b"L" if isinstance(value, list) else b"T", str(len(value)).encode())
         for i, item in enumerate(value):

@@ -8,6 +8,8 @@ The plan refuses a budget that cannot hold one position.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 import psutil
@@ -43,16 +45,63 @@ def parse_budget(budget: BudgetLike) -> int:
             if not budget.strip():  # dask's parse_bytes reads "" as 1 byte
                 raise ValueError("empty")
             value = parse_bytes(budget)
+        except OverflowError as exc:  # "1e400": dask reads it as float infinity
+            raise ValueError(_not_finite(budget)) from exc
         except (ValueError, KeyError) as exc:
             raise ValueError(
                 f"cannot read memory budget {budget!r}; write it like '512MiB' or '2GB'"
             ) from exc
-    elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
+    elif isinstance(budget, numbers.Real) and not isinstance(budget, bool):
+        if not math.isfinite(budget):
+            raise ValueError(_not_finite(budget))
         value = int(budget)
     else:
         raise TypeError(f"budget must be bytes (int) or a string like '512MiB', got {budget!r}")
     if value <= 0:
         raise ValueError(f"memory budget must be positive, got {budget!r}")
+    return int(value)
+
+
+def _not_finite(budget) -> str:
+    return (
+        f"memory budget must be a finite number of bytes, got {budget!r}; give a whole number of bytes "
+        "or a string like '512MiB' or '2GB' (or None for a quarter of the available memory)"
+    )
+
+
+def parse_cores(cores) -> int | None:
+    """The number of worker processes from ``cores``: a whole number of at least 1, or ``None`` (default).
+
+    Floats are refused, not truncated (``cores=1.5`` would otherwise
+    silently run on one core).
+
+    Raises
+    ------
+    TypeError
+        If ``cores`` is not an integer (``1.5``, ``2.0``, ``"2"``, ``True``).
+    ValueError
+        If ``cores`` is less than 1.
+
+    Examples
+    --------
+    >>> parse_cores(2)
+    2
+    >>> parse_cores(None) is None
+    True
+    """
+    if cores is None:
+        return None
+    try:
+        if isinstance(cores, bool):
+            raise TypeError("bool")
+        value = operator.index(cores)  # int and NumPy integers; never float
+    except TypeError:
+        raise TypeError(
+            f"cores must be a whole number of worker processes (an int), got {cores!r}; "
+            "pass e.g. cores=2, or None for the default"
+        ) from None
+    if value < 1:
+        raise ValueError(f"cores must be at least 1, got {value}; pass cores=1 to run in-process")
     return int(value)
 
 

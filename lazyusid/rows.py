@@ -101,7 +101,15 @@ class RowReader:
         return f"RowReader({self.path!r}, {self.dataset!r}, ({self.n_rows}, {self.width}), {self.dtype}, {self.how})"
 
     def __dask_tokenize__(self):
-        return (type(self).__name__, self.path, self.dataset, self.n_rows, self.width, self.dtype.str, self.how)
+        return (
+            type(self).__name__,
+            self.path,
+            self.dataset,
+            self.n_rows,
+            self.width,
+            self.dtype.str,
+            self.how,
+        )
 
     def for_rows(self, r0: int, r1: int) -> RowReader:
         """This reader, carrying only what rows ``r0:r1`` need."""
@@ -124,7 +132,6 @@ class RowReader:
             out = np.empty((n, self.width), dtype=self.dtype)
             f[self.dataset].read_direct(out, np.s_[r0:r1])
         return out
-
 
     def read_raw(self, r0: int, r1: int) -> np.ndarray:
         """Rows ``r0:r1`` from the file's bytes, without checking that the file is still the same one."""
@@ -162,7 +169,9 @@ def row_reader(dset: h5py.Dataset, *, strict: bool = True, lock_free: bool = Tru
     nan = dset.dtype.kind in "fc"
     for r in {0, last}:
         try:
-            same = np.array_equal(reader.for_rows(r, r + 1).read_raw(r, r + 1), dset[r : r + 1], equal_nan=nan)
+            same = np.array_equal(
+                reader.for_rows(r, r + 1).read_raw(r, r + 1), dset[r : r + 1], equal_nan=nan
+            )
         except (OSError, ValueError):  # a filter that does not decode outside its file (lzf, plugins)
             same = False
         if not same:
@@ -174,7 +183,11 @@ def _chunk_table(dset: h5py.Dataset) -> ChunkTable:
     chunks: dict = {}
 
     def visit(info) -> None:
-        chunks[tuple(int(i) for i in info.chunk_offset)] = (int(info.byte_offset), int(info.size), info.filter_mask)
+        chunks[tuple(int(i) for i in info.chunk_offset)] = (
+            int(info.byte_offset),
+            int(info.size),
+            info.filter_mask,
+        )
 
     dset.id.chunk_iter(visit)
     dcpl = dset.id.get_create_plist()

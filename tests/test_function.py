@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
 
 import lazyusid
+from lazyusid.errors import OutputDtypeError
 from lazyusid.function import Output, SpectralFunction, infer_outputs
 
 SPECTRUM = np.linspace(1.0, 2.0, 7)
@@ -318,3 +320,183 @@ def test_error_survives_pickling_with_its_attributes():
     assert (back.position, back.coords) == (3, {"X": 3})
     assert isinstance(back, RuntimeError)
     assert isinstance(back, lazyusid.LazyUSIDError)
+
+
+# ---------------------------------------------------------------------------
+# values that the output's dtype cannot hold: an error naming the position, never a silent cast
+
+
+def zero_then_means(spectrum):
+    """``0`` (a Python int) at the first spectrum of BLOCK, float means elsewhere: infers int64."""
+    return 0 if spectrum[0] == 1.0 else spectrum.mean()
+
+
+def test_a_float_after_an_inferred_int_is_an_error_naming_position_dtypes_and_fix():
+    fn = make(zero_then_means)
+    assert fn.outputs[0].dtype == np.int64
+    with pytest.raises(OutputDtypeError) as info:
+        fn.evaluate(BLOCK, first=10, loop_shape=(3, 6), loop_dims=("Y", "X"))
+    message = str(info.value)
+    assert "zero_then_means returned a value that output 'zero_then_means' cannot hold" in message
+    assert "at position 11 (Y=1, X=5)" in message
+    assert "int64, inferred from the value at position 0" in message
+    assert f"a float64 ({float(BLOCK[1].mean())!r})" in message
+    assert "outputs={'zero_then_means': 'float64'}" in message
+    assert (info.value.position, info.value.coords) == (11, {"Y": 1, "X": 5})
+    assert isinstance(info.value, lazyusid.SpectralFunctionError)
+    assert isinstance(info.value, TypeError)
+    back = pickle.loads(pickle.dumps(info.value))
+    assert type(back) is OutputDtypeError and (back.position, back.coords) == (11, {"Y": 1, "X": 5})
+    # the fix the message names works, and equals a NumPy loop
+    fixed = make(zero_then_means, {"zero_then_means": "float64"})
+    (out,) = fixed.evaluate(BLOCK)
+    np.testing.assert_array_equal(out, np.array([zero_then_means(s) for s in BLOCK], dtype="f8"))
+
+
+@pytest.mark.parametrize(
+    ("later", "what", "fix"),
+    [
+        (1.5 + 2j, "a complex128", "'complex128'"),
+        (np.complex64(1j), "a complex64", "'complex128'"),
+        ("2.5", "a str", None),
+        (b"2.5", "a bytes", None),
+        (np.array([1, 2])[0] * 0.5, "a float64", "'float64'"),
+    ],
+)
+def test_values_that_would_lose_information_are_refused(later, what, fix):
+    def flaky(spectrum):
+        return later if spectrum[0] == 3.0 else int(spectrum[0])
+
+    fn = make(flaky)
+    with pytest.raises(OutputDtypeError, match=r"at position 2 \(X=2\)") as info:
+        fn.evaluate(BLOCK, loop_shape=(5,), loop_dims=("X",))
+    message = str(info.value)
+    assert what in message
+    if fix is None:
+        assert "return numbers" in message
+    else:
+        assert f"outputs={{'flaky': {fix}}}" in message
+
+
+def test_complex_into_a_float_output_is_refused_without_a_complex_warning():
+    def flaky(spectrum):
+        return spectrum.mean() * (1j if spectrum[0] == 2.0 else 1)
+
+    fn = make(flaky)
+    assert fn.outputs[0].dtype == np.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's ComplexWarning was all a user got
+        with pytest.raises(OutputDtypeError, match=r"position 1: .*outputs=\{'flaky': 'complex128'\}"):
+            fn.evaluate(BLOCK)
+
+
+def test_none_at_one_position_is_an_error_not_nan():
+    def flaky(spectrum):
+        return None if spectrum[0] == 4.0 else spectrum.mean()
+
+    fn = make(flaky)
+    with pytest.raises(
+        OutputDtypeError, match=r"flaky returned None for output 'flaky' at position 3"
+    ) as info:
+        fn.evaluate(BLOCK)
+    assert "np.nan" in str(info.value)
+    assert info.value.position == 3
+
+
+def test_none_when_inferring_outputs_is_refused_clearly():
+    with pytest.raises(
+        OutputDtypeError, match=r"returned None for output 'result' at position 7 .*while lazyusid inferred"
+    ) as info:
+        infer_outputs(lambda s: {"result": None}, SPECTRUM, {}, None, False, position=7)
+    assert info.value.position == 7
+
+
+@pytest.mark.parametrize(
+    ("declared", "value", "ok"),
+    [
+        ("int64", 2**40, True),
+        ("int32", 2**40, False),
+        ("int32", np.int64(2**31), False),
+        ("int32", np.int64(2**31 - 1), True),
+        ("uint8", -1, False),
+        ("uint8", np.int64(300), False),
+        ("uint8", np.array([3, 256]), False),
+        ("uint8", np.int16(255), True),
+        ("int8", True, True),
+        ("float32", 7, True),
+        ("float32", np.float64(0.1), True),  # same kind: rounding to the declared precision is asked for
+        ("bool", 1.0, False),
+        ("int64", 1.0, False),
+    ],
+)
+def test_integer_targets_check_the_value(declared, value, ok):
+    shape = np.shape(value)
+
+    def constant(spectrum):
+        return np.zeros(shape, dtype=bool) if spectrum[0] == 1.0 else value
+
+    outs, _ = infer_outputs(constant, BLOCK[0], {}, {"constant": declared}, False)
+    fn = SpectralFunction(constant, {}, outs)
+    if ok:
+        (out,) = fn.evaluate(BLOCK)
+        np.testing.assert_array_equal(
+            out[1:], np.broadcast_to(np.asarray(value).astype(out.dtype), (4, *shape))
+        )
+    else:
+        with pytest.raises(
+            OutputDtypeError, match=rf"position 1: output 'constant' is {declared}, declared;"
+        ):
+            fn.evaluate(BLOCK)
+
+
+def test_vectorized_values_are_checked_too():
+    def rounded_then_not(block):
+        return block[:, 0] if block.shape[0] > 1 else block[:, 0].astype(int)
+
+    fn = make(rounded_then_not, vectorized=True)
+    assert fn.outputs[0].dtype.kind == "i"
+    with pytest.raises(OutputDtypeError, match=r"the block of positions 10:15 \(Y=1, X=4\)") as info:
+        fn.evaluate(BLOCK, first=10, loop_shape=(3, 6), loop_dims=("Y", "X"))
+    assert "a float64" in str(info.value)
+    assert "outputs={'rounded_then_not': 'float64'}" in str(info.value)
+
+    big = np.arange(5) * 100  # 0, 100, ..., 400: the first over 127 is at row 2
+    fn = SpectralFunction(lambda b: big, {}, (Output("x", (), "int8"),), vectorized=True)
+    with pytest.raises(
+        OutputDtypeError, match=r"at position 12 \(Y=2, X=0\).*an int64 \(200\), outside the range of int8"
+    ) as info:
+        fn.evaluate(BLOCK, first=10, loop_shape=(3, 6), loop_dims=("Y", "X"))
+    assert info.value.position == 12
+
+
+def test_map_spectra_refuses_the_silent_int_cast():
+    data = np.stack([SPECTRUM, SPECTRUM + 1, SPECTRUM + 2])[None]  # (1, 3, 7)
+
+    def mean_or_zero(spectrum):
+        return 0 if spectrum[0] == 1.0 else spectrum.mean()
+
+    with pytest.raises(OutputDtypeError, match=r"outputs=\{'mean_or_zero': 'float64'\}"):
+        lazyusid.map_spectra(data, mean_or_zero, cores=1, progress=False).compute()
+    fixed = lazyusid.map_spectra(
+        data, mean_or_zero, outputs={"mean_or_zero": "float64"}, cores=1, progress=False
+    )
+    np.testing.assert_array_equal(fixed.values, [[mean_or_zero(s) for s in data[0]]])
+
+
+def test_int_subclasses_are_checked_by_value_without_iterating_a_range():
+    import enum
+
+    class Level(enum.IntEnum):
+        LOW = 1
+        HIGH = 2**40
+
+    def level(spectrum):
+        return 0 if spectrum[0] == 1.0 else (Level.LOW if spectrum[0] == 2.0 else Level.HIGH)
+
+    fn = make(level)
+    assert fn.outputs[0].dtype == np.int64
+    (out,) = fn.evaluate(BLOCK)  # `Level.HIGH in range(-2**63, 2**63)` would iterate for ever
+    np.testing.assert_array_equal(out, [0, 1, 2**40, 2**40, 2**40])
+    narrow = SpectralFunction(level, {}, (Output("level", (), "int32"),))
+    with pytest.raises(OutputDtypeError, match=r"position 2: .*outside the range of int32"):
+        narrow.evaluate(BLOCK)

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import lazyusid
+from lazyusid.fingerprint import content_fingerprint, sampled_rows
 from lazyusid.function import Output, SpectralFunction
 from lazyusid.identity import (
     UnhashableParameterError,
@@ -471,3 +474,159 @@ def test_identity_is_readable_json():
     assert back["params"]["big"]["sha256"] == digest(np.zeros(1000))
     assert back["params"]["nan"] == "nan"
     assert readable({"t": (1, 2)}) == {"t": [1, 2]}
+
+
+# ---------------------------------------------------------------------------
+# NumPy scalars by dtype: np.float64(1.0) is not 1.0 (NumPy 2 promotion computes other numbers)
+
+
+@pytest.mark.parametrize(
+    ("numpy_value", "python_value"),
+    [
+        (np.float64(1.0), 1.0),
+        (np.int64(1), 1),
+        (np.bool_(True), True),
+        (np.complex128(1j), 1j),
+        (np.str_("a"), "a"),
+        (np.bytes_(b"a"), b"a"),
+    ],
+)
+def test_numpy_scalars_differ_from_the_python_values_they_subclass_or_equal(numpy_value, python_value):
+    assert numpy_value == python_value
+    assert digest(numpy_value) != digest(python_value)
+    assert digest([numpy_value]) != digest([python_value])
+    assert digest({"k": numpy_value}) != digest({"k": python_value})
+    assert digest(numpy_value) == digest(type(numpy_value)(python_value))  # still stable by value
+
+
+def test_numpy_scalars_of_different_dtypes_differ():
+    ones = [1.0, np.float16(1), np.float32(1), np.float64(1), np.longdouble(1), 1, np.int32(1), np.int64(1)]
+    assert len({digest(v) for v in ones}) == len(ones)
+    assert digest(np.float64(1.0)) != digest(np.float64(2.0))
+
+
+def test_tokens_of_numpy_and_python_parameters_differ():
+    def token(k):
+        fn = SpectralFunction(scale, {"k": k}, (Output("amp", (), "f8"),))
+        return computation_token(tool="scale", function=fn, source={"dataset": "/a"})
+
+    (python, _), (numpy, identity) = token(1.0), token(np.float64(1.0))
+    assert python != numpy
+    assert identity["params"]["k"] == {"dtype": "<f8", "shape": [], "values": 1.0}
+    assert identity["format_version"] >= 2  # tokens of format 1 conflated the two: they never match now
+
+
+def summed(spectrum, k):
+    """float32 spectrum × k: float32 products for a Python float, float64 for np.float64 (NumPy 2)."""
+    return float((spectrum * k).sum())
+
+
+def test_a_stored_result_for_a_python_float_is_not_returned_for_np_float64(write_usid, tmp_path):
+    source = write_usid(dtype="f4")
+    data = lazyusid.open_usid(source.path)
+    store = os.fspath(tmp_path / "results.h5")
+    spectra = source.data_2d
+    k = 1 / 3
+    loops = {
+        kind: np.array([float((s * value).sum()) for s in spectra]).reshape(16, 24)
+        for kind, value in (("python", k), ("numpy", np.float64(k)))
+    }
+    assert not np.array_equal(loops["python"], loops["numpy"])  # the two really compute other numbers
+
+    first = lazyusid.map_spectra(data, summed, params={"k": k}, store=store, cores=1, progress=False)
+    np.testing.assert_array_equal(first.values, loops["python"])
+    second = lazyusid.map_spectra(
+        data, summed, params={"k": np.float64(k)}, store=store, cores=1, progress=False
+    )
+    assert second.attrs["usid_token"] != first.attrs["usid_token"]
+    assert second.attrs["usid_rows_computed"] == 16 * 24
+    np.testing.assert_array_equal(second.values, loops["numpy"])
+
+
+# ---------------------------------------------------------------------------
+# content fingerprint of a file-backed input
+
+
+def write_dataset(path, values, **kwargs) -> str:
+    with h5py.File(path, "a") as f:
+        if "d" in f:
+            del f["d"]
+        f.create_dataset("d", data=values, **kwargs)
+    return os.fspath(path)
+
+
+def rewrite_in_place(path, row, value) -> None:
+    with h5py.File(path, "r+") as f:
+        f["d"][row] = value
+
+
+def test_fingerprint_sees_a_change_in_sampled_rows(tmp_path):
+    values = np.arange(1000 * 3, dtype="f4").reshape(1000, 3)
+    path = write_dataset(tmp_path / "a.h5", values)
+    before = content_fingerprint(path, "/d")
+    assert len(before) == 64 and content_fingerprint(path, "d") == before
+    rows = sampled_rows(1000)
+    assert rows[0] == 0 and rows[-1] == 999 and 60 <= len(rows) <= 70
+    assert np.all(np.diff(rows) > 0)
+    seen = {before}
+    for row in (0, 999, int(rows[len(rows) // 2])):
+        rewrite_in_place(path, row, -1.0)
+        now = content_fingerprint(path, "/d")
+        assert now not in seen  # recomputed: not the memo of the old file
+        seen.add(now)
+
+
+def test_fingerprint_cannot_see_a_change_confined_to_unsampled_rows(tmp_path):
+    """The documented limit (docs/checkpoints.md): only the sampled rows are read."""
+    values = np.zeros((1000, 3), dtype="f4")
+    path = write_dataset(tmp_path / "a.h5", values)
+    before = content_fingerprint(path, "/d")
+    unsampled = sorted(set(range(1000)) - set(sampled_rows(1000).tolist()))[5]
+    rewrite_in_place(path, unsampled, 7.0)
+    assert content_fingerprint(path, "/d") == before
+
+
+def test_fingerprint_covers_shape_dtype_and_storage_layout(tmp_path):
+    values = np.random.default_rng(0).standard_normal((50, 8)).astype("f4")
+    variants = {
+        "contiguous": ("a.h5", values, {}),
+        "chunked": ("b.h5", values, {"chunks": (10, 8)}),
+        "other chunks": ("c.h5", values, {"chunks": (5, 8)}),
+        "gzip": ("d.h5", values, {"chunks": (10, 8), "compression": "gzip"}),
+        "gzip 9": ("e.h5", values, {"chunks": (10, 8), "compression": "gzip", "compression_opts": 9}),
+        "float64": ("f.h5", values.astype("f8"), {}),
+        "transposed shape": ("g.h5", values.reshape(8, 50), {}),
+    }
+    prints = {
+        k: content_fingerprint(write_dataset(tmp_path / f, v, **kw), "/d")
+        for k, (f, v, kw) in variants.items()
+    }
+    assert len(set(prints.values())) == len(prints), prints
+    # the same content and layout in another file: the same fingerprint (the path is identified apart)
+    assert content_fingerprint(write_dataset(tmp_path / "copy.h5", values), "/d") == prints["contiguous"]
+
+
+def test_fingerprint_of_small_odd_datasets(tmp_path):
+    cases = [np.zeros((0, 4)), np.arange(3.0), np.float32(2.5), np.zeros((1, 2, 3), "c8")]
+    prints = [content_fingerprint(write_dataset(tmp_path / f"{i}.h5", v), "/d") for i, v in enumerate(cases)]
+    assert len(set(prints)) == len(prints)
+    with pytest.raises(KeyError):
+        content_fingerprint(write_dataset(tmp_path / "x.h5", np.zeros(2)), "/missing")
+
+
+def test_fingerprint_of_a_compressed_dataset_sees_sampled_rows_and_every_chunk_column(tmp_path):
+    values = np.random.default_rng(1).standard_normal((400, 12)).astype("f4")
+    path = write_dataset(tmp_path / "z.h5", values, chunks=(16, 5), compression="gzip")
+    seen = {content_fingerprint(path, "/d")}
+    rows = sampled_rows(400)
+    for row, col in ((0, 0), (399, 11), (int(rows[30]), 7)):
+        with h5py.File(path, "r+") as f:
+            f["d"][row, col] += 1
+        now = content_fingerprint(path, "/d")
+        assert now not in seen
+        seen.add(now)
+    # a dataset with chunks never written (the fill value) has a fingerprint too
+    with h5py.File(path, "a") as f:
+        f.create_dataset("sparse", shape=(400, 12), dtype="f4", chunks=(16, 12), compression="gzip")
+        f["sparse"][:16] = 1
+    assert content_fingerprint(path, "/sparse") not in seen

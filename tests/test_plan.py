@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazyusid
-from lazyusid.plan import BlockPlan, parse_budget, plan_blocks
+from lazyusid.plan import BlockPlan, parse_budget, parse_cores, plan_blocks
 
 # ---------------------------------------------------------------------------
 # parse_budget
@@ -56,6 +56,44 @@ def test_parse_budget_rejects_non_positive(value):
 def test_parse_budget_rejects_other_types(value):
     with pytest.raises(TypeError, match="budget must be bytes"):
         parse_budget(value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), np.float64("nan"), "1e400"])
+def test_parse_budget_refuses_non_finite_numbers_clearly(value):
+    with pytest.raises(
+        ValueError, match=r"memory budget must be a finite number of bytes, got .*; give"
+    ) as info:
+        parse_budget(value)
+    assert not isinstance(info.value, OverflowError)
+    assert "'512MiB'" in str(info.value)
+
+
+def test_parse_budget_accepts_numpy_numbers():
+    assert parse_budget(np.int64(4096)) == 4096
+    assert parse_budget(np.float32(2048.0)) == 2048
+
+
+# ---------------------------------------------------------------------------
+# parse_cores
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (1, 1), (3, 3), (np.int64(2), 2)])
+def test_parse_cores(value, expected):
+    cores = parse_cores(value)
+    assert cores == expected
+    assert cores is None or type(cores) is int
+
+
+@pytest.mark.parametrize("value", [1.5, 2.0, "2", True, [2]])
+def test_parse_cores_refuses_non_integers(value):
+    with pytest.raises(TypeError, match=r"cores must be a whole number of worker processes \(an int\), got"):
+        parse_cores(value)
+
+
+@pytest.mark.parametrize("value", [0, -1, np.int32(0)])
+def test_parse_cores_refuses_fewer_than_one(value):
+    with pytest.raises(ValueError, match=r"cores must be at least 1, got 0|cores must be at least 1, got -1"):
+        parse_cores(value)
 
 
 # ---------------------------------------------------------------------------

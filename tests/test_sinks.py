@@ -747,3 +747,34 @@ def test_declared_units_are_stored_with_the_values(scan, tmp_path, kind, pyusid)
 def test_unknown_output_keys_are_refused(scan):
     with pytest.raises(TypeError, match=r"unknown keys \['unit'\]"):
         lazyusid.map_spectra(lazyusid.open_usid(scan), peak, outputs={"peak": {"unit": "V"}}, **RUN)
+
+
+# ---------------------------------------------------------------------------
+# a source rewritten in place: its content fingerprint is part of the identity
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_a_source_rewritten_in_place_is_computed_anew(kind, scan, tmp_path):
+    with target(kind, scan, tmp_path) as where:
+        first = lazyusid.map_spectra(lazyusid.open_usid(scan), peak, **where, **RUN)
+        first_values = first.values.copy()
+    Calls.n = 0
+    with target(kind, scan, tmp_path) as where:  # unchanged (even with results written into it): returned
+        again = lazyusid.map_spectra(lazyusid.open_usid(scan), peak, **where, **RUN)
+    assert Calls.n == 1 and again.attrs["usid_rows_computed"] == 0
+    assert again.attrs["usid_token"] == first.attrs["usid_token"]
+
+    with h5py.File(scan, "r+") as f:  # a correction applied in place: same path, shape and dtype
+        f[MAIN][...] = f[MAIN][...] * np.complex64(2 - 1j)
+    data = lazyusid.open_usid(scan)
+    Calls.n = 0
+    with target(kind, scan, tmp_path) as where:
+        if kind == "zarr":  # a zarr store holds one computation: refused, never returned stale
+            with pytest.raises(StoreConflictError, match="holds results of a different computation"):
+                lazyusid.map_spectra(data, peak, **where, **RUN)
+            shutil.rmtree(where["store"])  # as the message says: delete it yourself
+        fresh = lazyusid.map_spectra(data, peak, **where, **RUN)
+    assert fresh.attrs["usid_rows_computed"] == N_Y * N_X
+    assert fresh.attrs["usid_token"] != first.attrs["usid_token"]
+    assert_matches_reference(fresh, reference(data, peak))
+    assert not np.array_equal(fresh.values, first_values)

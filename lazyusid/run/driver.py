@@ -54,7 +54,12 @@ def run_blocks(
     tasks = smap.blocks(ranges, write=write)
     by_key = {t.key: r for t, r in zip(tasks, ranges)}
     bar = tqdm(
-        total=len(tasks), desc=smap.function.name, unit="block", dynamic_ncols=True, delay=1.0, disable=not progress
+        total=len(tasks),
+        desc=smap.function.name,
+        unit="block",
+        dynamic_ncols=True,
+        delay=1.0,
+        disable=not progress,
     )
 
     def finished(key, result) -> None:

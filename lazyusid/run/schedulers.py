@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import numbers
 import os
 import threading
 import warnings
@@ -23,6 +22,8 @@ import weakref
 from dataclasses import dataclass
 
 import dask
+
+from ..plan import parse_cores
 
 #: per-spectrum jobs whose estimated run time is below this run in this thread
 INLINE_SECONDS = 1.0
@@ -111,12 +112,7 @@ def choose_scheduler(
     in_process : str, optional
         Why the blocks must run in this process (e.g. they read a file this process writes), or None.
     """
-    if cores is not None:
-        if isinstance(cores, bool) or not isinstance(cores, numbers.Integral):
-            raise TypeError(f"cores must be a whole number, got {cores!r}")
-        cores = int(cores)
-        if cores < 1:
-            raise ValueError(f"cores must be at least 1, got {cores}")
+    cores = parse_cores(cores)
     if client is None:
         client = _default_client()
     if in_process is not None:

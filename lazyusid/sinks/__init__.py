@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from ..fingerprint import content_fingerprint
 from ..identity import computation_token, digest
 from ..layout import read_layout, remembering_layouts
 from ..run.driver import run_blocks, say_interrupted
@@ -257,7 +258,10 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool, direct: bo
     its dask graph, which names the source reads and every selection and
     computation on them (stable across sessions: reads are named by file,
     dataset, shape and dtype), and in-memory values by digest: such inputs
-    never pass for the source itself.
+    never pass for the source itself. A file dataset also counts by its
+    content fingerprint (:func:`lazyusid.fingerprint.content_fingerprint`:
+    shape, dtype, layout and a sample of rows), so that a source rewritten
+    in place computes anew.
     """
     coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
     source = {
@@ -273,8 +277,10 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool, direct: bo
         source["file"] = None if in_file else os.path.abspath(data.attrs["usid_file"])
         if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
             source["data"] = digest(np.asarray(arr))
-        elif not direct:
-            source["graph"] = arr.name
+        else:  # read from the file when it runs: what the file holds now
+            source["fingerprint"] = content_fingerprint(data.attrs["usid_file"], data.attrs["usid_dataset"])
+            if not direct:
+                source["graph"] = arr.name
     else:  # not from a file: identify the values themselves
         source["data"] = arr.name if hasattr(arr, "dask") else digest(np.asarray(arr))
     return source

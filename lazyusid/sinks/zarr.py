@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import itertools
 import math
 import os
 import shutil
@@ -120,9 +121,7 @@ class ZarrSink(Sink):
         """
         sizes = _chunk_rows(self.shape.pos_shape, self._markers.chunks)
         edges = np.concatenate(([0], np.cumsum(sizes)))
-        return [
-            (int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a and not done[a:b].all()
-        ]
+        return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a and not done[a:b].all()]
 
     def region_writer(self, n_extra: int) -> ZarrRegion:
         """What block tasks call to store their outputs themselves, where they run."""
