@@ -28,7 +28,7 @@ import xarray as xr
 
 from ..dimension import Dimension
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
-from ..files import raise_if_locked
+from ..files import raise_if_locked, unplain_storage
 from ..function import Output
 from ..identity import to_json
 from ..open import H5Source, lazy_reads
@@ -141,6 +141,7 @@ class HDF5Sink:
                     f"(tool {_text(grp.attrs.get('tool'))!r}, token {_text(grp.attrs.get('lazyusid_token'))!r}); "
                     "it cannot be resumed with this function, these parameters and this source"
                 )
+            self._refuse_unplain(parent, name)
             return [self._found(grp)]
         if not isinstance(parent, h5py.Group):
             return []
@@ -150,8 +151,41 @@ class HDF5Sink:
         for key in sorted(numbered, key=lambda k: int(k[len(prefix) :])):  # _1000 after _999
             grp = parent.get(key)
             if isinstance(grp, h5py.Group) and _text(grp.attrs.get("lazyusid_token")) == token:
+                self._refuse_unplain(parent, key)
                 found.append(self._found(grp))
         return found
+
+    def _refuse_unplain(self, parent: h5py.Group, name: str) -> None:
+        """Raise :class:`StoreConflictError` unless every dataset lazyusid would write in group ``name`` is plain.
+
+        The file may have been written by anyone, and a token holds no secret:
+        a planted group whose outputs or flags store their bytes elsewhere
+        (external storage, a virtual dataset, a link) would make a resume
+        write into another file or dataset (DESIGN.md, decision 8).
+        """
+        where = f"{parent.name.rstrip('/')}/{name}"
+        why = None
+        link = parent.get(name, getlink=True)
+        grp = parent.get(name)
+        if not isinstance(link, h5py.HardLink):
+            why = (
+                f"results group {where!r} in {self.path} is a {type(link).__name__}, not a group of the file"
+            )
+        elif os.path.realpath(grp.file.filename) != os.path.realpath(self.path):
+            why = f"results group {where!r} lies in another file, {grp.file.filename!r}"
+        else:
+            for key in (*(o.name for o in self.shape.outputs), MARKERS):
+                problem = unplain_storage(grp, key)
+                if problem is not None:
+                    why = f"dataset '{where}/{key}' in {self.path} {problem}: it is not stored plainly in the file"
+                    break
+        if why is not None:
+            raise StoreConflictError(
+                f"{why}. lazyusid writes results only into contiguous or chunked datasets inside the target "
+                "file, so it will neither resume nor return this results group (lazyusid never writes such "
+                f"a group: the file was changed by something else). Delete the group {where!r} from the file, "
+                "or choose another store."
+            )
 
     def _found(self, grp: h5py.Group) -> Found:
         done = int(grp.attrs.get("last_pixel", 0))

@@ -1,0 +1,153 @@
+"""What a file says is not trusted: lazyusid writes only into plain datasets inside the target file.
+
+A results group's token holds no secret, so whoever writes a file can plant
+a partial group that lazyusid would resume. These tests plant one the way
+an attacker would (after a real computation, so the token is the engine's
+own), redirect its storage elsewhere, and check that lazyusid refuses it
+and that no file changes: neither the victim nor the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import lazyusid
+from lazyusid.errors import StoreConflictError
+
+RUN = {"cores": 1, "progress": False}
+GROUP = "/Measurement_000/Channel_000"
+RESULTS = GROUP + "/Raw_Data-amplitude_000"
+
+
+def amplitude(spectrum):
+    return np.abs(spectrum).max()
+
+
+def sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def scan(tmp_path) -> str:
+    path = tmp_path / "scan.h5"
+    lazyusid.datasets.make_be_pfm(path, n_x=7, n_y=5, n_freq=12, overwrite=True)
+    return os.fspath(path)
+
+
+def _clear_flags(grp: h5py.Group) -> None:
+    grp[lazyusid.sinks.base.MARKERS][:] = 0
+    grp.attrs["last_pixel"] = 0
+
+
+def _replace(grp: h5py.Group, name: str, make) -> None:
+    """Replace dataset ``name`` of ``grp`` by ``make(grp, name, shape, dtype)``, keeping its attributes."""
+    old = grp[name]
+    attrs, shape, dtype = dict(old.attrs), old.shape, old.dtype
+    del grp[name]
+    make(grp, name, shape, dtype)
+    new = grp[name]
+    for key, value in attrs.items():
+        new.attrs[key] = value
+
+
+def _external(victim):
+    def make(grp, name, shape, dtype):
+        grp.create_dataset(name, shape=shape, dtype=dtype, external=[(victim, 0, h5py.h5f.UNLIMITED)])
+
+    return make
+
+
+def _virtual(victim):
+    def make(grp, name, shape, dtype):
+        with h5py.File(victim, "w") as v:
+            v.create_dataset("x", data=np.arange(np.prod(shape), dtype=dtype).reshape(shape))
+        layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+        layout[:] = h5py.VirtualSource(victim, "x", shape=shape)
+        grp.create_virtual_dataset(name, layout, fillvalue=0)
+
+    return make
+
+
+def _external_link(victim):
+    def make(grp, name, shape, dtype):
+        with h5py.File(victim, "w") as v:
+            v.create_dataset("x", data=np.arange(np.prod(shape), dtype=dtype).reshape(shape))
+        grp[name] = h5py.ExternalLink(victim, "x")
+
+    return make
+
+
+def _hard_link_to_another(victim):
+    """``victim`` unused: the planted name is a second name of a dataset of another result."""
+
+    def make(grp, name, shape, dtype):
+        grp[name] = grp.file[GROUP + "/innocent/" + name]  # copied before: someone else's data
+
+    return make
+
+
+PLANTS = {
+    "external": _external,
+    "virtual": _virtual,
+    "external-link": _external_link,
+    "hard-link": _hard_link_to_another,
+}
+
+
+@pytest.mark.parametrize("what", ["output", "completed_positions"])
+@pytest.mark.parametrize("plant", list(PLANTS))
+def test_a_planted_group_with_storage_elsewhere_is_refused_and_no_file_changes(plant, what, scan, tmp_path):
+    data = lazyusid.open_usid(scan)
+    lazyusid.map_spectra(data, amplitude, store=scan, **RUN)  # the engine's own token, then planted
+    victim = os.fspath(tmp_path / ("victim.h5" if plant != "external" else "victim.txt"))
+    if plant == "external":
+        with open(victim, "wb") as f:
+            f.write(b"precious bytes " * 64)
+    name = "amplitude" if what == "output" else lazyusid.sinks.base.MARKERS
+    with h5py.File(scan, "r+") as f:
+        grp = f[RESULTS]
+        f.copy(grp, GROUP + "/innocent")  # another group, holding data of the same shape and dtype
+        _replace(grp, name, PLANTS[plant](victim))
+        if plant != "hard-link" or what == "output":
+            _clear_flags(grp)
+    before = {p: sha256(p) for p in (scan, victim) if os.path.exists(p)}
+    with pytest.raises(StoreConflictError, match=rf"Raw_Data-amplitude_000/{name}'.* not stored plainly"):
+        lazyusid.map_spectra(data, amplitude, store=scan, **RUN)
+    with pytest.raises(StoreConflictError, match="not stored plainly"):  # resume= names it: the same
+        lazyusid.map_spectra(data, amplitude, store=scan, resume="Raw_Data-amplitude_000", **RUN)
+    assert {p: sha256(p) for p in before} == before
+
+
+def test_a_planted_group_in_another_results_file_is_refused(scan, tmp_path):
+    data = lazyusid.open_usid(scan)
+    results = os.fspath(tmp_path / "results.h5")
+    lazyusid.map_spectra(data, amplitude, store=results, **RUN)
+    victim = os.fspath(tmp_path / "victim.txt")
+    with open(victim, "wb") as f:
+        f.write(b"precious bytes " * 64)
+    with h5py.File(results, "r+") as f:
+        grp = f["/Raw_Data-amplitude_000"]
+        _replace(grp, "amplitude", _external(victim))
+        _clear_flags(grp)
+    before = {p: sha256(p) for p in (scan, victim, results)}
+    with pytest.raises(StoreConflictError, match="external storage"):
+        lazyusid.map_spectra(data, amplitude, store=results, **RUN)
+    assert {p: sha256(p) for p in before} == before
+
+
+def test_a_plain_partial_group_still_resumes(scan):
+    """The check refuses only what is not plain: lazyusid's own partial groups (chunked) resume."""
+    data = lazyusid.open_usid(scan)
+    lazyusid.map_spectra(data, amplitude, store=scan, **RUN)
+    with h5py.File(scan, "r+") as f:
+        _clear_flags(f[RESULTS])
+    stored = lazyusid.map_spectra(data, amplitude, store=scan, **RUN)
+    assert stored.attrs["usid_rows_computed"] == 35
+    assert stored.attrs["usid_store"].endswith("Raw_Data-amplitude_000")
+    np.testing.assert_array_equal(stored.values, np.abs(data.values).max(axis=-1))
