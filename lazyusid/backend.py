@@ -42,12 +42,16 @@ class USIDBackendEntrypoint(BackendEntrypoint):
             if key in drop or name in drop:
                 continue
             arr = open_usid(path, name, chunk_bytes=chunk_bytes)
-            arrays[key] = arr.rename(key)
+            if isinstance(arr, xr.Dataset):  # records: one variable per field, "<name>.<field>"
+                for field, var in arr.data_vars.items():  # named by usid_record, not usid_dataset
+                    arrays[f"{key}.{field}"] = var.rename(f"{key}.{field}")
+            else:
+                arrays[key] = arr.rename(key)
         try:
             try:
                 ds = _merge(arrays)
             except ValueError:
-                results = [k for k, arr in arrays.items() if in_results_group(arr.attrs["usid_dataset"])]
+                results = [k for k, arr in arrays.items() if in_results_group(_dataset(arr))]
                 if not results:
                     raise
                 warnings.warn(
@@ -65,7 +69,8 @@ class USIDBackendEntrypoint(BackendEntrypoint):
         for key, arr in arrays.items():
             ds[key].attrs = arr.attrs
             # names the source for the identity of results (kept by selections, dropped by computations)
-            ds[key].encoding["usid_source"] = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
+            if "usid_dataset" in arr.attrs:
+                ds[key].encoding["usid_source"] = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
             for name, coord in arr.coords.items():  # combine_attrs="drop" dropped their units too
                 ds[name].attrs = dict(coord.attrs)
         ds.attrs["usid_file"] = os.path.abspath(path)
@@ -74,6 +79,11 @@ class USIDBackendEntrypoint(BackendEntrypoint):
     def guess_can_open(self, filename_or_obj) -> bool:
         # USID files are plain .h5 files that h5netcdf also claims: open only when asked
         return False
+
+
+def _dataset(arr: xr.DataArray) -> str:
+    """HDF5 path of the main dataset a variable comes from (of its records, for a field)."""
+    return arr.attrs.get("usid_dataset") or arr.attrs["usid_record"].rsplit(":", 1)[-1]
 
 
 def _merge(arrays: dict) -> xr.Dataset:

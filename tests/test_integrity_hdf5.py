@@ -15,6 +15,7 @@ import os
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 
 import lazyusid
 from lazyusid.errors import StoreConflictError
@@ -151,3 +152,80 @@ def test_a_plain_partial_group_still_resumes(scan):
     assert stored.attrs["usid_rows_computed"] == 35
     assert stored.attrs["usid_store"].endswith("Raw_Data-amplitude_000")
     np.testing.assert_array_equal(stored.values, np.abs(data.values).max(axis=-1))
+
+
+# ---------------------------------------------------------------------------
+# compound (record) outputs: pycroscopy's layout, one main dataset with a compound dtype
+
+#: pycroscopy's ``sho32``
+SHO = np.dtype({"names": ["Amplitude", "Frequency", "Quality Factor", "Phase", "R2"], "formats": ["f4"] * 5})
+
+
+def sho_guess(spectrum):
+    """A record per spectrum, as a numpy structured scalar (np.void)."""
+    amplitude = np.abs(spectrum)
+    peak = int(np.argmax(amplitude))
+    quality = amplitude[peak] / (amplitude.mean() + 1e-3)
+    record = np.array((amplitude[peak], peak, quality, np.angle(spectrum[peak]), amplitude.min()), dtype=SHO)
+    return record[()]
+
+
+@pytest.mark.parametrize("where", ["source", "other-file"])
+def test_record_outputs_store_as_one_compound_main_dataset(where, scan, tmp_path, pyusid):
+    data = lazyusid.open_usid(scan)
+    store = scan if where == "source" else os.fspath(tmp_path / "results.h5")
+    outputs = {"fit": {"dtype": SHO, "units": "V"}}
+    stored = lazyusid.map_spectra(data, sho_guess, outputs=outputs, store=store, **RUN)
+    expected = np.array([[sho_guess(s) for s in row] for row in data.values])  # a plain NumPy loop
+    assert expected.dtype == SHO and stored.dtype == SHO
+    values = stored.values
+    for name in SHO.names:
+        np.testing.assert_array_equal(values[name], expected[name])
+
+    path, group = stored.attrs["usid_store"].rsplit(":", 1)
+    with h5py.File(path, "r") as f:
+        dset = f[group + "/fit"]
+        assert dset.dtype == SHO and dset.shape == (35, 1)
+        assert pyusid.hdf_utils.check_if_main(dset)
+        for name in SHO.names:
+            np.testing.assert_array_equal(dset[:, 0][name], expected[name].reshape(-1))
+
+    fields = lazyusid.open_usid(path, group + "/fit")  # a Dataset of the fields, ready to plot
+    assert isinstance(fields, xr.Dataset)
+    assert list(fields.data_vars) == list(SHO.names)
+    for name in SHO.names:
+        assert fields[name].dtype == np.float32 and fields[name].attrs["units"] == "V"
+        np.testing.assert_array_equal(fields[name].squeeze("Value", drop=True).values, expected[name])
+    fields["Amplitude"].squeeze("Value").plot()
+
+    again = lazyusid.map_spectra(data, sho_guess, outputs=outputs, store=store, **RUN)
+    assert again.attrs["usid_rows_computed"] == 0
+
+
+def test_the_backend_opens_record_fields_as_variables(scan, tmp_path):
+    data = lazyusid.open_usid(scan)
+    store = os.fspath(tmp_path / "results.h5")
+    lazyusid.map_spectra(data, sho_guess, outputs={"fit": SHO}, store=store, **RUN)
+    ds = xr.open_dataset(store, engine="usid")
+    assert [k for k in ds.data_vars] == [f"fit.{name}" for name in SHO.names]
+    np.testing.assert_array_equal(
+        ds["fit.R2"].values.reshape(-1), np.abs(data.values).min(axis=-1).reshape(-1)
+    )
+
+
+def first(values):
+    return values[0] * 2
+
+
+def test_computations_on_two_fields_are_not_duplicates(scan, tmp_path):
+    """A field names its records by usid_record, not usid_dataset: Amplitude and Phase stay apart."""
+    data = lazyusid.open_usid(scan)
+    store = os.fspath(tmp_path / "results.h5")
+    stored = lazyusid.map_spectra(data, sho_guess, outputs={"fit": SHO}, store=store, **RUN)
+    path, group = stored.attrs["usid_store"].rsplit(":", 1)
+    fields = lazyusid.open_usid(path, group + "/fit")
+    target = os.fspath(tmp_path / "more.h5")
+    for name in ("Amplitude", "Phase"):
+        doubled = lazyusid.map_spectra(fields[name], first, store=target, **RUN)
+        np.testing.assert_array_equal(doubled.values, fields[name].values[..., 0] * 2)
+        assert doubled.attrs["usid_rows_computed"] == 35

@@ -276,7 +276,7 @@ class HDF5Sink:
                     dtype=out.dtype,
                     ancillary_suffix="" if len(shape.outputs) == 1 else f"_{out.name}",
                     chunks=(rows, cols),
-                    fillvalue=np.nan if out.dtype.kind in "fc" else 0,
+                    fillvalue=_fill_value(out.dtype),
                 )
                 pos_dims = main  # later outputs share the position ancillaries
             grp.attrs["tool"] = self.tool
@@ -373,6 +373,22 @@ class HDF5Sink:
             out[o.name] = shape.variable(o, arr)
             out[o.name].attrs["units"] = o.units
         return out
+
+
+def _fill_value(dtype: np.dtype):
+    """What unwritten values read as: NaN for floats (also in each float field of a record), else 0.
+
+    Examples
+    --------
+    >>> _fill_value(np.dtype([("Amplitude", "f4"), ("n", "i2")]))
+    np.void((nan, 0), dtype=[('Amplitude', '<f4'), ('n', '<i2')])
+    """
+    if dtype.names is None:
+        return np.nan if dtype.kind in "fc" else 0
+    fill = np.zeros((), dtype)
+    for name in dtype.names:
+        fill[name] = _fill_value(dtype.fields[name][0])
+    return fill[()]
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
