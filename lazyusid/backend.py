@@ -8,7 +8,8 @@ import warnings
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from .files import in_results_group, list_main
+from .errors import DatasetSelectionError
+from .files import in_results_group, invalid_candidates, list_main, no_main_message
 from .open import open_usid
 
 
@@ -34,6 +35,13 @@ class USIDBackendEntrypoint(BackendEntrypoint):
         path = os.fspath(filename_or_obj)
         drop = set(drop_variables or ())
         mains = list_main(path)
+        if not mains:
+            raise DatasetSelectionError(no_main_message(path, path))
+        for name, why in invalid_candidates(path):
+            warnings.warn(
+                f"left out {name}, which looks like a USID main dataset but is not valid: {why}",
+                stacklevel=2,
+            )
         basenames = [m.rsplit("/", 1)[-1] for m in mains]
         arrays = {}
         for name, base in zip(mains, basenames):

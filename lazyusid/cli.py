@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_info(args) -> int:
-    from .files import list_main, open_file
+    from .files import list_main, no_main_message, open_file
     from .open import open_usid
 
     with open_file(args.file):
         pass  # clear errors for missing / non-HDF5 files
     names = [args.dataset] if args.dataset else list_main(args.file)
     if not names:
-        raise ValueError(f"{args.file!r} holds no USID main dataset (see `lazyusid tree {args.file}`)")
+        raise ValueError(f"{no_main_message(args.file, args.file)} (see `lazyusid tree {args.file}`)")
     for name in names:
         arr = open_usid(args.file, name)
         say(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")

@@ -10,8 +10,9 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
-from .errors import DatasetSelectionError, StoreBusyError
+from .errors import DatasetSelectionError, InvalidUSIDError, StoreBusyError
 from .layout import is_main, read_layout
+from .write import ANCILLARY_NAMES
 
 PathLike = str | os.PathLike
 
@@ -106,6 +107,45 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     return found
 
 
+def invalid_candidates(source: PathLike | h5py.File) -> list[tuple[str, str]]:
+    """Datasets that look like USID main datasets but are not valid ones: ``(HDF5 path, why)``, in file order.
+
+    A candidate is 2-D and carries at least one of the four ancillary
+    attributes (``Position_Indices``, ...): what a writer meant as a main
+    dataset. ``why`` is the first problem :func:`~lazyusid.validate_main` finds.
+    """
+    found: list[tuple[str, str]] = []
+    with open_file(source) as f:
+
+        def visit(name, obj):
+            if (
+                isinstance(obj, h5py.Dataset)
+                and obj.ndim == 2
+                and any(k in obj.attrs for k in ANCILLARY_NAMES)
+            ):
+                try:
+                    read_layout(obj)
+                except InvalidUSIDError as exc:
+                    found.append((obj.name, str(exc).split("is not a USID main dataset: ", 1)[-1]))
+
+        f.visititems(visit)
+    return found
+
+
+def no_main_message(source: PathLike | h5py.File, filename: str) -> str:
+    """Why ``filename`` holds no main dataset: each invalid candidate and its problem, or that there is none."""
+    bad = invalid_candidates(source)
+    if not bad:
+        return f"{filename!r} holds no USID main dataset (no 2-D dataset with ancillary attributes)"
+    listing = "\n  ".join(f"{name}: {why}" for name, why in bad)
+    if len(bad) == 1:
+        return f"{filename!r} holds no USID main dataset: {bad[0][0]} looks like one but {bad[0][1]}"
+    return (
+        f"{filename!r} holds no USID main dataset: {len(bad)} datasets look like main datasets "
+        f"but are not valid:\n  {listing}"
+    )
+
+
 #: pyUSID's results group names: <Main>-<Tool>_NNN
 _RESULTS_GROUP = re.compile(r".+-.+_\d+")
 
@@ -128,7 +168,7 @@ def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
         if len(mains) == 1 or len(measured) == 1:
             return f[(measured or mains)[0]]
         if not mains:
-            raise DatasetSelectionError(f"{f.filename!r} holds no USID main dataset")
+            raise DatasetSelectionError(no_main_message(f, f.filename))
         listing = "\n  ".join(mains)
         raise DatasetSelectionError(
             f"{f.filename!r} holds {len(mains)} main datasets; choose one with dataset=...:\n  {listing}"
