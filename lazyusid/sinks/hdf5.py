@@ -130,6 +130,7 @@ class HDF5Sink:
             return self._find(f, token, name)
 
     def _find(self, f: h5py.File, token: str, name: str | None) -> list[Found]:
+        _refuse_non_group(f, self.group)
         parent = f.get(self.group)
         if name is not None:
             grp = parent.get(name) if isinstance(parent, h5py.Group) else None
@@ -373,6 +374,32 @@ class HDF5Sink:
             out[o.name] = shape.variable(o, arr)
             out[o.name].attrs["units"] = o.units
         return out
+
+
+def _refuse_non_group(f: h5py.File, group: str) -> None:
+    """Raise :class:`StoreConflictError` unless each existing part of ``group`` is a group of this file.
+
+    Checked while the file is open read-only: a dataset on the way would
+    only fail deep in h5py, and an external (or broken) link would put the
+    results into another file, or nowhere.
+    """
+    path = ""
+    for part in group.strip("/").split("/") if group.strip("/") else ():
+        path += "/" + part
+        link = f.get(path, getlink=True)
+        if link is None:
+            return  # created when results are written
+        if isinstance(link, h5py.ExternalLink):
+            what = f"an external link (to {link.path!r} in {link.filename!r})"
+        else:
+            obj = f.get(path)
+            kind = "a broken link" if obj is None else f"a {type(obj).__name__.lower()}"  # a dataset, ...
+            what = None if isinstance(obj, h5py.Group) else kind
+        if what is not None:
+            raise StoreConflictError(
+                f"cannot store results under group={group!r} in {f.filename}: {path!r} is {what}, not a group "
+                "of this file. Choose another group= (a new or existing group) or another store."
+            )
 
 
 def _fill_value(dtype: np.dtype):
