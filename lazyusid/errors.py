@@ -59,3 +59,21 @@ class StoreBusyError(LazyUSIDError, BlockingIOError):
 
 class StoreConflictError(LazyUSIDError, FileExistsError):
     """The target holds something else under the requested name: it is never overwritten."""
+
+
+class DiskFullError(LazyUSIDError, OSError):
+    """The target's file system is full (``errno.ENOSPC``); finished positions are kept, a rerun resumes.
+
+    ``errno`` is ``ENOSPC``; ``str()`` is the message alone.
+    """
+
+    def __init__(self, message: str):
+        import errno
+
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self):
+        return (type(self), (self.strerror,))

@@ -9,8 +9,12 @@ and that no file changes: neither the victim nor the source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -265,9 +269,6 @@ def test_group_that_is_not_a_group_of_the_file_is_refused_before_writing(
     "files.open_file's lock translation (not this branch's file)",
 )
 def test_a_source_open_for_writing_elsewhere_is_busy_and_named(scan):
-    import subprocess
-    import sys
-
     from lazyusid.errors import StoreBusyError
 
     data = lazyusid.open_usid(scan)
@@ -281,3 +282,111 @@ def test_a_source_open_for_writing_elsewhere_is_busy_and_named(scan):
             lazyusid.map_spectra(data, amplitude, store=scan, **RUN)
     finally:
         holder.communicate("")
+
+
+# ---------------------------------------------------------------------------
+# a full disk: a clear error, the file closed, the process alive, a rerun resumes
+
+FULL_DISK_SCRIPT = """
+import sys
+import numpy as np
+import lazyusid
+
+def wide(spectrum):
+    return np.repeat(np.abs(spectrum).astype("f8"), 32)  # 4 KiB per position
+
+data = lazyusid.open_usid(sys.argv[1])
+try:
+    stored = lazyusid.map_spectra(data, wide, store=sys.argv[2], positions_per_block=64, cores=1, progress=False)
+except lazyusid.LazyUSIDError as exc:
+    assert isinstance(exc, OSError), type(exc).__mro__
+    print("ERROR", type(exc).__name__, exc, flush=True)
+else:
+    expected = np.repeat(np.abs(data.values).astype("f8"), 32, axis=-1)
+    np.testing.assert_array_equal(stored.values, expected)
+    print("DONE", stored.attrs["usid_rows_computed"], flush=True)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root); unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", os.fspath(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(mount)], check=False)
+
+
+def _run(script_args, env):
+    return subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, *script_args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_a_full_disk_is_a_clear_error_the_process_survives_and_a_rerun_resumes(small_disk, tmp_path):
+    source = os.fspath(tmp_path / "scan.h5")
+    lazyusid.datasets.make_be_pfm(source, n_x=32, n_y=32, n_freq=16, overwrite=True)
+    target = os.fspath(small_disk / "results.h5")
+    env = {**os.environ, "DASK_LAZYUSID__CHECKPOINT_INTERVAL": "0"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(lazyusid.__file__)), env.get("PYTHONPATH", "")]
+    )
+    before = sha256(source)
+
+    first = _run([source, target], env)
+    assert first.returncode == 0, (first.returncode, first.stderr[-3000:])  # no segfault (139) at exit
+    assert "Can't decrement id ref count" not in first.stderr, first.stderr[-3000:]
+    found = re.search(
+        r"ERROR DiskFullError No space left on device while writing (\S+) at positions (\d+):(\d+); "
+        r"(\d+) positions are saved; free space and run again to resume",
+        first.stdout,
+    )
+    assert found, first.stdout + first.stderr[-3000:]
+    assert found.group(1).startswith(target)
+    saved = int(found.group(4))
+    assert 0 <= saved < 1024 and int(found.group(2)) < int(found.group(3)) <= 1024
+    assert sha256(source) == before
+    with h5py.File(target, "r") as f:  # still readable; the flags on disk are at least those reported
+        (name,) = f
+        flagged = int(f[name]["completed_positions"][()].sum())
+    assert flagged >= saved
+
+    subprocess.run(["mount", "-o", "remount,size=16m", os.fspath(small_disk)], check=True)  # free space
+    second = _run([source, target], env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"DONE {1024 - flagged}" in second.stdout, second.stdout + second.stderr[-3000:]
+
+
+def test_a_disk_full_before_the_group_is_built_is_a_clear_error(small_disk, tmp_path):
+    source = os.fspath(tmp_path / "scan.h5")
+    lazyusid.datasets.make_be_pfm(source, n_x=32, n_y=32, n_freq=16, overwrite=True)
+    target = os.fspath(small_disk / "results.h5")
+    with h5py.File(target, "w"):
+        pass
+    with open(small_disk / "filler", "wb", buffering=0) as filler:  # leave no byte free
+        with contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(lazyusid.__file__))}
+    run = _run([source, target], env)
+    assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
+    assert re.search(
+        r"ERROR DiskFullError No space left on device while writing .*results\.h5:/: preparing its results group",
+        run.stdout,
+    ), run.stdout + run.stderr[-3000:]
+    assert "free space and run again" in run.stdout
+    os.remove(small_disk / "filler")
+    subprocess.run(["mount", "-o", "remount,size=16m", os.fspath(small_disk)], check=True)
+    again = _run([source, target], env)
+    assert "DONE 1024" in again.stdout, again.stdout + again.stderr[-3000:]

@@ -14,6 +14,7 @@ leaves a group that lazyusid or pyUSID would take for a partial result.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -27,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ..dimension import Dimension
-from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
+from ..errors import DiskFullError, LazyUSIDError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..files import raise_if_locked, unplain_storage
 from ..function import Output
 from ..identity import to_json
@@ -201,12 +202,13 @@ class HDF5Sink:
         _remove_stale_new_files(self.path)
         if not os.path.exists(self.path):
             self._create_file()
-        with _opened(self.path, "r+") as f:
+        with _opened(self.path, "r+", unbuffered=True) as f:
             self._file = f
             try:
                 yield self
-            finally:
-                self._file = self._group = None
+            finally:  # no h5py object of the file outlives it
+                self._file = self._group = self._markers = None
+                self._dsets = []
 
     def _create_file(self) -> None:
         tmp = f"{self.path}.{os.getpid()}{_NEW_FILE_SUFFIX}"
@@ -222,6 +224,17 @@ class HDF5Sink:
 
     def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
         """Open the group to resume, or create a new one; return the per-row flags."""
+        try:
+            return self._prepare(token, identity, params, resume=resume)
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, LazyUSIDError) or not _is_disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"No space left on device while writing {self.where}: preparing its results group, before "
+                "computing anything; free space and run again"
+            ) from exc
+
+    def _prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
         f = self._file
         if resume is not None:
             grp = f[self.group][resume.name]
@@ -339,8 +352,15 @@ class HDF5Sink:
         much finished work. Blocks slower than the interval are each flagged
         as soon as they are written.
         """
-        for dset, arr in zip(self._dsets, outs):
-            dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        try:
+            for dset, arr in zip(self._dsets, outs):
+                dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            with suppress(DiskFullError):
+                self.commit()  # flag the blocks written before this one, if the disk still lets us
+            raise self._disk_full(r0, r1) from exc
         self._pending.append((r0, r1))
         if time.monotonic() - self._last_commit >= self._interval:
             self.commit()
@@ -349,15 +369,32 @@ class HDF5Sink:
         """Checkpoint: flush the data written since the last one, then set their flags and flush again."""
         if not self._pending:
             return
-        self._file.flush()
-        for r0, r1 in _merged(self._pending):
-            self._markers[r0:r1] = 1
-            self._done[r0:r1] = 1
-        self._prefix = _prefix(self._done, self._prefix)
-        self._group.attrs["last_pixel"] = self._prefix
-        self._file.flush()
+        merged = _merged(self._pending)
+        done = self._done.copy()
+        try:
+            self._file.flush()
+            for r0, r1 in merged:
+                self._markers[r0:r1] = 1
+                done[r0:r1] = 1
+            prefix = _prefix(done, self._prefix)
+            self._group.attrs["last_pixel"] = prefix
+            self._file.flush()
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            self._pending.clear()  # not flagged: their rows are computed again by the next run
+            raise self._disk_full(merged[0][0], merged[-1][1]) from exc
+        self._done, self._prefix = done, prefix
         self._pending.clear()
         self._last_commit = time.monotonic()
+
+    def _disk_full(self, r0: int, r1: int) -> DiskFullError:
+        self._pending.clear()
+        saved = int(np.count_nonzero(self._done))
+        return DiskFullError(
+            f"No space left on device while writing {self.where}{self.name} at positions {r0}:{r1}; "
+            f"{saved} positions are saved; free space and run again to resume"
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -512,11 +549,45 @@ def _check_writable(path: str, in_file: bool) -> None:
         raise ReadOnlyStoreError(f"cannot write results into {path}: it is read-only. {hint}")
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether an h5py error is the file system's ENOSPC (h5py raises OSError or RuntimeError for it)."""
+    text = str(exc)
+    return (
+        getattr(exc, "errno", None) == errno.ENOSPC
+        or "errno = 28," in text
+        or "No space left on device" in text
+    )
+
+
+def _unbuffered(path: str) -> h5py.File:
+    """``h5py.File(path, "r+")`` holding no raw data back: no chunk cache, no sieve buffer.
+
+    Every write of values then reaches the file system during the write
+    call, so a full disk fails that write (an error lazyusid translates),
+    never a later flush or close with dirty chunks that HDF5 can neither
+    write nor drop: measured with h5py on a full tmpfs, that leaves
+    ``Can't decrement id ref count`` and a segfault when the interpreter
+    exits, whatever the order of closing. Blocks are written whole, a
+    chunk or more at a time, so the cache saved nothing.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # as h5py.File does
+    mdc, slots, _, w0 = fapl.get_cache()
+    fapl.set_cache(mdc, slots, 0, w0)
+    fapl.set_sieve_buf_size(0)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
 @contextmanager
-def _opened(path: str, mode: str):
-    """``h5py.File`` with errors that say what is wrong with the target and what to do."""
+def _opened(path: str, mode: str, *, unbuffered: bool = False):
+    """``h5py.File`` with errors that say what is wrong with the target and what to do.
+
+    ``unbuffered`` (mode ``r+`` only): see :func:`_unbuffered`. After an
+    error the file is closed quietly: what closing it fails on (a full
+    disk) must not hide the error that stopped the work.
+    """
     try:
-        f = h5py.File(path, mode)
+        f = _unbuffered(path) if unbuffered else h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
         raise_if_locked(
@@ -538,5 +609,16 @@ def _opened(path: str, mode: str):
         raise
     try:
         yield f
-    finally:
+    except BaseException:
+        with suppress(OSError, RuntimeError):
+            f.close()
+        raise
+    try:
         f.close()
+    except (OSError, RuntimeError) as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise DiskFullError(
+            f"No space left on device while closing {path}; the positions flagged in it are saved; "
+            "free space and run again to resume"
+        ) from exc
