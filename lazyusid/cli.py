@@ -65,8 +65,14 @@ def run_info(args) -> int:
     if not names:
         raise ValueError(f"{no_main_message(args.file, args.file)} (see `lazyusid tree {args.file}`)")
     for name in names:
-        arr = open_usid(args.file, name)
-        say(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")
+        opened = open_usid(args.file, name)
+        if hasattr(opened, "data_vars"):  # records: a Dataset of their fields
+            fields = ", ".join(f"{k} [{v.attrs.get('units', '')}]" for k, v in opened.data_vars.items())
+            arr = next(iter(opened.data_vars.values()))
+            say(f"{opened.attrs['usid_dataset']}: records of {fields}")
+        else:
+            arr = opened
+            say(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")
         for dim in arr.dims:
             coord = arr.coords.get(dim)
             units = coord.attrs.get("units", "") if coord is not None else ""
@@ -75,8 +81,8 @@ def run_info(args) -> int:
                 span = f"  {float(coord.min()):.4g} … {float(coord.max()):.4g} {units}"
             say(f"  {dim:<20} {arr.sizes[dim]:>8}{span}")
         with h5py.File(args.file, "r") as f:
-            parent = f[arr.attrs["usid_dataset"]].parent
-            base = arr.attrs["usid_dataset"].rsplit("/", 1)[-1]
+            parent = f[opened.attrs["usid_dataset"]].parent
+            base = opened.attrs["usid_dataset"].rsplit("/", 1)[-1]
             for key in parent:
                 if key.startswith(base + "-") and isinstance(parent[key], h5py.Group):
                     say("  " + _describe_results(parent[key]))
