@@ -8,7 +8,8 @@ import warnings
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from .files import in_results_group, list_main
+from .errors import DatasetSelectionError
+from .files import in_results_group, invalid_candidates, list_main, no_main_message
 from .open import open_usid
 
 
@@ -34,6 +35,13 @@ class USIDBackendEntrypoint(BackendEntrypoint):
         path = os.fspath(filename_or_obj)
         drop = set(drop_variables or ())
         mains = list_main(path)
+        if not mains:
+            raise DatasetSelectionError(no_main_message(path, path))
+        for name, why in invalid_candidates(path):
+            warnings.warn(
+                f"left out {name}, which looks like a USID main dataset but is not valid: {why}",
+                stacklevel=2,
+            )
         basenames = [m.rsplit("/", 1)[-1] for m in mains]
         arrays = {}
         for name, base in zip(mains, basenames):
@@ -42,12 +50,16 @@ class USIDBackendEntrypoint(BackendEntrypoint):
             if key in drop or name in drop:
                 continue
             arr = open_usid(path, name, chunk_bytes=chunk_bytes)
-            arrays[key] = arr.rename(key)
+            if isinstance(arr, xr.Dataset):  # records: one variable per field, "<name>.<field>"
+                for field, var in arr.data_vars.items():  # named by usid_record, not usid_dataset
+                    arrays[f"{key}.{field}"] = var.rename(f"{key}.{field}")
+            else:
+                arrays[key] = arr.rename(key)
         try:
             try:
                 ds = _merge(arrays)
             except ValueError:
-                results = [k for k, arr in arrays.items() if in_results_group(arr.attrs["usid_dataset"])]
+                results = [k for k, arr in arrays.items() if in_results_group(_dataset(arr))]
                 if not results:
                     raise
                 warnings.warn(
@@ -65,7 +77,8 @@ class USIDBackendEntrypoint(BackendEntrypoint):
         for key, arr in arrays.items():
             ds[key].attrs = arr.attrs
             # names the source for the identity of results (kept by selections, dropped by computations)
-            ds[key].encoding["usid_source"] = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
+            if "usid_dataset" in arr.attrs:
+                ds[key].encoding["usid_source"] = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
             for name, coord in arr.coords.items():  # combine_attrs="drop" dropped their units too
                 ds[name].attrs = dict(coord.attrs)
         ds.attrs["usid_file"] = os.path.abspath(path)
@@ -74,6 +87,11 @@ class USIDBackendEntrypoint(BackendEntrypoint):
     def guess_can_open(self, filename_or_obj) -> bool:
         # USID files are plain .h5 files that h5netcdf also claims: open only when asked
         return False
+
+
+def _dataset(arr: xr.DataArray) -> str:
+    """HDF5 path of the main dataset a variable comes from (of its records, for a field)."""
+    return arr.attrs.get("usid_dataset") or arr.attrs["usid_record"].rsplit(":", 1)[-1]
 
 
 def _merge(arrays: dict) -> xr.Dataset:

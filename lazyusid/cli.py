@@ -10,6 +10,12 @@ import time
 import h5py
 
 from .errors import LazyUSIDError
+from .files import printable
+
+
+def say(text: str = "", *, file=None) -> None:
+    """Print one line, its control characters escaped: names and strings from files reach no terminal raw."""
+    print(printable(text), file=file if file is not None else sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,40 +45,47 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tree":
             from .files import tree
 
-            print(tree(args.file))
+            for line in tree(args.file).split("\n"):  # tree() escapes names: only its own newlines are left
+                say(line)
             return 0
         return run_info(args)
     except (OSError, LazyUSIDError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"lazyusid {args.command}: error: {message}", file=sys.stderr)
+        message = str(exc).split("\n")[0] if str(exc) else type(exc).__name__  # not splitlines: "\x85", "\r"
+        say(f"lazyusid {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 
 def run_info(args) -> int:
-    from .files import list_main, open_file
+    from .files import list_main, no_main_message, open_file
     from .open import open_usid
 
     with open_file(args.file):
         pass  # clear errors for missing / non-HDF5 files
     names = [args.dataset] if args.dataset else list_main(args.file)
     if not names:
-        raise ValueError(f"{args.file!r} holds no USID main dataset (see `lazyusid tree {args.file}`)")
+        raise ValueError(f"{no_main_message(args.file, args.file)} (see `lazyusid tree {args.file}`)")
     for name in names:
-        arr = open_usid(args.file, name)
-        print(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")
+        opened = open_usid(args.file, name)
+        if hasattr(opened, "data_vars"):  # records: a Dataset of their fields
+            fields = ", ".join(f"{k} [{v.attrs.get('units', '')}]" for k, v in opened.data_vars.items())
+            arr = next(iter(opened.data_vars.values()))
+            say(f"{opened.attrs['usid_dataset']}: records of {fields}")
+        else:
+            arr = opened
+            say(f"{arr.attrs['usid_dataset']}: {arr.attrs['quantity']} [{arr.attrs['units']}], {arr.dtype}")
         for dim in arr.dims:
             coord = arr.coords.get(dim)
             units = coord.attrs.get("units", "") if coord is not None else ""
             span = ""
             if coord is not None and coord.size:
                 span = f"  {float(coord.min()):.4g} … {float(coord.max()):.4g} {units}"
-            print(f"  {dim:<20} {arr.sizes[dim]:>8}{span}")
+            say(f"  {dim:<20} {arr.sizes[dim]:>8}{span}")
         with h5py.File(args.file, "r") as f:
-            parent = f[arr.attrs["usid_dataset"]].parent
-            base = arr.attrs["usid_dataset"].rsplit("/", 1)[-1]
+            parent = f[opened.attrs["usid_dataset"]].parent
+            base = opened.attrs["usid_dataset"].rsplit("/", 1)[-1]
             for key in parent:
                 if key.startswith(base + "-") and isinstance(parent[key], h5py.Group):
-                    print("  " + _describe_results(parent[key]))
+                    say("  " + _describe_results(parent[key]))
     return 0
 
 
@@ -91,7 +104,9 @@ def _describe_results(grp) -> str:
         if isinstance(value, np.ndarray) and value.size > 4:
             text = f"<{value.size} values, {value.dtype}, {value.min():.4g} … {value.max():.4g}>"
         else:
-            text = value.decode() if isinstance(value, bytes) else str(value).replace("\n", "")
+            text = (
+                value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value).replace("\n", "")
+            )
         params.append(f"{key}={text if len(text) <= 40 else text[:37] + '...'}")
     done = grp.get(MARKERS)
     status = "no completed_positions"
@@ -100,7 +115,7 @@ def _describe_results(grp) -> str:
         status = f"{n}/{done.size} positions done" + (" (complete)" if n == done.size else " (partial)")
     origin = "lazyusid" if "lazyusid_token" in grp.attrs else "not lazyusid"
     tool = grp.attrs.get("tool", "?")
-    tool = tool.decode() if isinstance(tool, bytes) else tool
+    tool = tool.decode("utf-8", "replace") if isinstance(tool, bytes) else tool
     return f"results {name}: tool={tool}, {status}, {origin}; parameters: {', '.join(params) or 'none'}"
 
 
@@ -120,7 +135,7 @@ def run_demo(args) -> int:
     tic = time.perf_counter()
     if not os.path.exists(path):
         make_be_pfm(path, n_x=n_x, n_y=n_y)
-        print(
+        say(
             f"wrote synthetic BE-PFM data ({n_y} x {n_x} positions) to {path} in {time.perf_counter() - tic:.1f} s"
         )
     data = open_usid(path)
@@ -128,12 +143,12 @@ def run_demo(args) -> int:
         raise ValueError(
             f"{path} holds {data.sizes['Y']}x{data.sizes['X']} positions; remove it or use --out"
         )
-    print(f"opened {data.name} lazily: dims {dict(data.sizes)}")
+    say(f"opened {data.name} lazily: dims {dict(data.sizes)}")
 
     params = {"widths": PEAK_WIDTHS}
     probe = {"Y": n_y // 2, "X": n_x // 2}
     value = apply_at(data, peak_amplitude, probe, params=params)
-    print(f"tested peak_amplitude at {probe}: {value:.4g}")
+    say(f"tested peak_amplitude at {probe}: {value:.4g}")
 
     tic = time.perf_counter()
     amplitude = map_spectra(
@@ -148,16 +163,16 @@ def run_demo(args) -> int:
     rows = amplitude.attrs["usid_rows_computed"]
     where = amplitude.attrs["usid_store"]
     if rows == 0:
-        print(f"found the stored result of this very computation in {where}: returned it in {seconds:.2f} s")
+        say(f"found the stored result of this very computation in {where}: returned it in {seconds:.2f} s")
     else:
         n = rows  # one spectrum per position here
-        print(
+        say(
             f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s), checkpointed into {where}"
         )
     amplitude = amplitude.compute()
     pngs = _demo_plots(data, amplitude, probe, args.out)
-    print(f"plots: {', '.join(pngs)}")
-    print(f"run it again to get the stored result at once; see the file with `lazyusid info {path}`")
+    say(f"plots: {', '.join(pngs)}")
+    say(f"run it again to get the stored result at once; see the file with `lazyusid info {path}`")
     return 0
 
 

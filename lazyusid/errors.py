@@ -77,3 +77,21 @@ class OutputDtypeError(SpectralFunctionError, TypeError):
     position, the output's dtype and where it came from, what was returned,
     and the ``outputs=`` declaration that fixes it.
     """
+
+
+class DiskFullError(LazyUSIDError, OSError):
+    """The target's file system is full (``errno.ENOSPC``); finished positions are kept, a rerun resumes.
+
+    ``errno`` is ``ENOSPC``; ``str()`` is the message alone.
+    """
+
+    def __init__(self, message: str):
+        import errno
+
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self):
+        return (type(self), (self.strerror,))

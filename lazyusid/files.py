@@ -10,10 +10,32 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
-from .errors import DatasetSelectionError, StoreBusyError
+from .errors import DatasetSelectionError, InvalidUSIDError, StoreBusyError
 from .layout import is_main, read_layout
+from .write import ANCILLARY_NAMES
 
 PathLike = str | os.PathLike
+
+
+#: C0 controls, DEL and C1 controls: a terminal acts on them (escape sequences, bell, carriage return)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": r"\n", "\r": r"\r", "\t": r"\t"}
+
+
+def printable(text) -> str:
+    r"""``str(text)`` with control characters escaped (``\x1b``, ``\n``): safe to print to a terminal.
+
+    Names and attribute strings come from files anyone may have written
+    (DESIGN.md, decision 8); an escape sequence in them could retitle the
+    window, clear the screen or hide text. Every other character, unicode
+    included, is kept.
+
+    Examples
+    --------
+    >>> printable("Amplitude [µm]\x1b[2J")
+    'Amplitude [µm]\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}"), str(text))
 
 
 #: errno values of a file system that cannot lock files at all (NFS without a lock daemon, ...)
@@ -85,6 +107,45 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     return found
 
 
+def invalid_candidates(source: PathLike | h5py.File) -> list[tuple[str, str]]:
+    """Datasets that look like USID main datasets but are not valid ones: ``(HDF5 path, why)``, in file order.
+
+    A candidate is 2-D and carries at least one of the four ancillary
+    attributes (``Position_Indices``, ...): what a writer meant as a main
+    dataset. ``why`` is the first problem :func:`~lazyusid.validate_main` finds.
+    """
+    found: list[tuple[str, str]] = []
+    with open_file(source) as f:
+
+        def visit(name, obj):
+            if (
+                isinstance(obj, h5py.Dataset)
+                and obj.ndim == 2
+                and any(k in obj.attrs for k in ANCILLARY_NAMES)
+            ):
+                try:
+                    read_layout(obj)
+                except InvalidUSIDError as exc:
+                    found.append((obj.name, str(exc).split("is not a USID main dataset: ", 1)[-1]))
+
+        f.visititems(visit)
+    return found
+
+
+def no_main_message(source: PathLike | h5py.File, filename: str) -> str:
+    """Why ``filename`` holds no main dataset: each invalid candidate and its problem, or that there is none."""
+    bad = invalid_candidates(source)
+    if not bad:
+        return f"{filename!r} holds no USID main dataset (no 2-D dataset with ancillary attributes)"
+    listing = "\n  ".join(f"{name}: {why}" for name, why in bad)
+    if len(bad) == 1:
+        return f"{filename!r} holds no USID main dataset: {bad[0][0]} looks like one but {bad[0][1]}"
+    return (
+        f"{filename!r} holds no USID main dataset: {len(bad)} datasets look like main datasets "
+        f"but are not valid:\n  {listing}"
+    )
+
+
 #: pyUSID's results group names: <Main>-<Tool>_NNN
 _RESULTS_GROUP = re.compile(r".+-.+_\d+")
 
@@ -107,7 +168,7 @@ def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
         if len(mains) == 1 or len(measured) == 1:
             return f[(measured or mains)[0]]
         if not mains:
-            raise DatasetSelectionError(f"{f.filename!r} holds no USID main dataset")
+            raise DatasetSelectionError(no_main_message(f, f.filename))
         listing = "\n  ".join(mains)
         raise DatasetSelectionError(
             f"{f.filename!r} holds {len(mains)} main datasets; choose one with dataset=...:\n  {listing}"
@@ -137,7 +198,7 @@ def tree(source: PathLike | h5py.File) -> str:
             ...
     """
     with open_file(source) as f:
-        lines = [os.path.basename(f.filename)]
+        lines = [printable(os.path.basename(f.filename))]
         _tree_lines(f, "", lines)
     return "\n".join(lines)
 
@@ -148,10 +209,11 @@ def _tree_lines(group: h5py.Group, prefix: str, lines: list[str]) -> None:
         last = i == len(keys) - 1
         branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
         obj = group.get(key)
+        key = printable(key)
         if isinstance(obj, h5py.Group):
             extra = ""
             if "completed_positions" in obj.attrs or "tool" in obj.attrs:
-                extra = f"  [results: tool={_attr(obj, 'tool')}]"
+                extra = f"  [results: tool={printable(_attr(obj, 'tool'))}]"
             lines.append(f"{prefix}{branch}{key}/{extra}")
             _tree_lines(obj, prefix + cont, lines)
         elif isinstance(obj, h5py.Dataset):
@@ -160,7 +222,7 @@ def _tree_lines(group: h5py.Group, prefix: str, lines: list[str]) -> None:
                 lay = read_layout(obj)
                 pos = " × ".join(f"{d}={n}" for d, n in zip(lay.pos.dims, lay.pos.shape))
                 spec = " × ".join(f"{d}={n}" for d, n in zip(lay.spec.dims, lay.spec.shape))
-                desc += f"  USID main: {pos} | {spec}  {lay.quantity} [{lay.units}]"
+                desc += printable(f"  USID main: {pos} | {spec}  {lay.quantity} [{lay.units}]")
             lines.append(f"{prefix}{branch}{desc}")
         else:
             lines.append(f"{prefix}{branch}{key} (broken link)")
@@ -169,7 +231,53 @@ def _tree_lines(group: h5py.Group, prefix: str, lines: list[str]) -> None:
 def _attr(obj, key):
     value = obj.attrs.get(key)
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray) and value.ndim == 0:
         return value[()]
     return value
+
+
+#: dataset layouts whose bytes lie in the file itself, in the dataset's own storage
+_PLAIN_LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked"}
+
+
+def unplain_storage(group: h5py.Group, name: str) -> str | None:
+    """Why dataset ``name`` of ``group`` is not stored plainly inside the group's file, or None.
+
+    Plain: reached by a hard link, the only name of its object, not virtual,
+    no external storage, a contiguous or chunked layout. Writing into
+    anything else writes elsewhere: into another file (external storage,
+    virtual datasets, external links) or into another dataset (soft links,
+    second hard links). A missing name, or one that is not a dataset, is
+    not this function's concern (None).
+
+    Examples
+    --------
+    >>> with h5py.File("results.h5", "r") as f:                        # doctest: +SKIP
+    ...     unplain_storage(f["Raw_Data-peak_000"], "peak")
+    "has external storage (its bytes are in '/home/me/.bashrc')"
+    """
+    link = group.get(name, getlink=True)
+    if link is None:
+        return None
+    if isinstance(link, h5py.ExternalLink):
+        return f"is an external link to {link.path!r} in {link.filename!r}"
+    if isinstance(link, h5py.SoftLink):
+        return f"is a soft link to {link.path!r}"
+    dset = group.get(name)
+    if not isinstance(dset, h5py.Dataset):
+        return None
+    if dset.is_virtual:
+        return "is a virtual dataset (its values live in other datasets, possibly of other files)"
+    plist = dset.id.get_create_plist()
+    if plist.get_external_count():
+        return (
+            f"has external storage (its bytes are in {plist.get_external(0)[0].decode(errors='replace')!r})"
+        )
+    layout = plist.get_layout()
+    if layout not in _PLAIN_LAYOUTS:
+        return f"has a {'compact' if layout == h5py.h5d.COMPACT else f'layout {layout}'} layout"
+    links = h5py.h5o.get_info(dset.id).rc
+    if links != 1:
+        return f"has {links} names in the file (hard links): writing into it would change the others too"
+    return None

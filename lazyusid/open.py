@@ -166,7 +166,7 @@ def open_usid(
     dataset: str | None = None,
     *,
     chunk_bytes: int | str | None = None,
-) -> xr.DataArray:
+) -> xr.DataArray | xr.Dataset:
     """Open a USID main dataset as a lazy, dask-backed :class:`xarray.DataArray`.
 
     Nothing of the main data is read until you compute. Dimensions are named
@@ -187,9 +187,12 @@ def open_usid(
 
     Returns
     -------
-    xarray.DataArray
+    xarray.DataArray or xarray.Dataset
         With ``attrs`` ``quantity``, ``units``, ``long_name``, and
-        ``usid_file`` / ``usid_dataset`` naming the source.
+        ``usid_file`` / ``usid_dataset`` naming the source. A dataset of
+        records (a compound dtype, such as pycroscopy's ``sho32`` fits)
+        opens as a Dataset with one variable per field: see
+        :func:`record_fields`.
 
     Raises
     ------
@@ -234,7 +237,43 @@ def open_usid(
     arr.encoding["usid_read"] = data.name
     # lets xr.open_dataset(..., engine="usid", chunks={}) keep these chunks
     arr.encoding["preferred_chunks"] = {dim: c[0] for dim, c in zip(arr.dims, data.chunks) if len(c) >= 1}
-    return arr
+    return arr if layout.dtype.names is None else record_fields(arr)
+
+
+def record_fields(arr: xr.DataArray) -> xr.Dataset:
+    """The fields of a compound (record) main dataset as the variables of a Dataset, lazily.
+
+    pycroscopy stores fit results as one main dataset of records (``sho32``:
+    ``Amplitude``, ``Frequency``, ``Quality Factor``, ``Phase``, ``R2``);
+    :func:`open_usid` returns them as one float variable per field, ready to
+    plot (``ds["Amplitude"].plot()``), each with ``units`` (the ``field_units``
+    attribute of the dataset, one string per field, when present; else the
+    dataset's ``units``). The Dataset's attrs name the dataset
+    (``usid_file``, ``usid_dataset``); a field's own attrs name it by
+    ``usid_record`` (``"<file>:<dataset>"``) and ``usid_field``, and not by
+    ``usid_dataset``: a computation on one field is not a computation on the
+    stored records.
+    """
+    names = arr.dtype.names
+    units = [str(u) for u in _text_list(arr.attrs.get("field_units"))]
+    if len(units) != len(names):
+        units = [arr.attrs["units"]] * len(names)
+    shared = {k: v for k, v in arr.attrs.items() if k not in ("usid_file", "usid_dataset", "field_units")}
+    record = f"{arr.attrs['usid_file']}:{arr.attrs['usid_dataset']}"
+    fields = {}
+    for name, unit in zip(names, units):
+        attrs = {**shared, "quantity": name, "long_name": name, "units": unit}
+        attrs.update(usid_record=record, usid_field=name)
+        fields[name] = xr.DataArray(arr.data[name], dims=arr.dims, coords=arr.coords, attrs=attrs)
+    return xr.Dataset(fields, attrs=dict(arr.attrs))
+
+
+def _text_list(value) -> list:
+    if value is None:
+        return []
+    return [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in np.atleast_1d(value).tolist()
+    ]
 
 
 def _coords(layout: Layout) -> dict:

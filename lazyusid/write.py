@@ -175,8 +175,9 @@ def _materialise(group, anc, prefix: str, *, spectroscopic: bool, suffix: str = 
     indices, values = build_ancillary(anc)
     if not spectroscopic:
         indices, values = indices.T, values.T
-    labels = np.array([d.name for d in anc], dtype="S")
-    units = np.array([d.units for d in anc], dtype="S")
+    # byte strings as pyUSID stores them, UTF-8 encoded (np.array(..., "S") accepts only ASCII: "µm")
+    labels = np.array([d.name.encode() for d in anc], dtype="S")
+    units = np.array([d.units.encode() for d in anc], dtype="S")
     out = []
     for n, arr in zip(names, (indices, values)):
         ds = group.create_dataset(n, data=np.ascontiguousarray(arr))

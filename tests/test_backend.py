@@ -111,3 +111,26 @@ def test_results_that_clash_are_left_out_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"left out results \['lambda'\].*clash"):
         ds = xr.open_dataset(path, engine="usid", chunks={})
     assert list(ds.data_vars) == ["Raw_Data"]
+
+
+def test_a_file_of_invalid_candidates_is_an_error_not_an_empty_dataset(write_usid):
+    import lazyusid
+
+    usid = write_usid(filename="broken.h5")
+    with h5py.File(usid.path, "r+") as f:
+        del f[usid.dataset].attrs["units"]
+    with pytest.raises(
+        lazyusid.DatasetSelectionError,
+        match=r"holds no USID main dataset: .*Raw_Data looks like one but attribute 'units' is missing",
+    ):
+        xr.open_dataset(usid.path, engine="usid")
+
+
+def test_invalid_candidates_beside_valid_ones_are_named_in_a_warning(write_usid):
+    usid = write_usid(filename="mixed.h5")
+    with h5py.File(usid.path, "r+") as f:
+        bad = f.create_dataset("Bad", data=np.zeros((3, 3)))
+        bad.attrs["Spectroscopic_Indices"] = f[usid.dataset].attrs["Spectroscopic_Indices"]
+    with pytest.warns(UserWarning, match=r"left out /Bad, which looks like a USID main dataset.*'quantity'"):
+        ds = xr.open_dataset(usid.path, engine="usid")
+    assert list(ds.data_vars) == [usid.dataset.rsplit("/", 1)[-1]]

@@ -106,3 +106,19 @@ def test_console_script_is_installed(tmp_path):
     done = subprocess.run([exe, "tree", str(tmp_path / "missing.h5")], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("lazyusid tree: error: no such file")
+
+
+def test_info_lists_the_fields_of_a_record_result(tmp_path, capsys):
+    path = tmp_path / "scan.h5"
+    lazyusid.datasets.make_be_pfm(path, n_x=4, n_y=3, n_freq=7)
+    sho = np.dtype({"names": ["Amplitude", "Quality Factor"], "formats": ["f4", "f4"]})
+
+    def guess(spectrum):
+        return np.array((np.abs(spectrum).max(), np.abs(spectrum).mean()), dtype=sho)[()]
+
+    data = lazyusid.open_usid(path)
+    lazyusid.map_spectra(data, guess, outputs={"fit": {"dtype": sho, "units": "V"}}, store=path, cores=1)
+    assert main(["info", str(path)]) == 0  # the measurement and the result
+    printed = capsys.readouterr().out
+    assert "/Raw_Data-guess_000/fit: records of Amplitude [V], Quality Factor [V]" in printed
+    assert "Y" in printed and "X" in printed

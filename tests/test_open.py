@@ -235,3 +235,34 @@ def test_single_position(write_usid):
     arr = open_usid(written.path, chunk_bytes=1)
     assert arr.shape == (1, 3, 4)
     np.testing.assert_array_equal(arr.values, written.data)
+
+
+# ---------------------------------------------------------------------------
+# a file whose main-dataset candidates are all invalid says which and why
+
+
+@pytest.fixture
+def invalid_candidates(write_usid):
+    """Two datasets that look like main datasets (2-D, ancillary attributes) and are not valid ones."""
+    usid = write_usid(filename="broken.h5")
+    with h5py.File(usid.path, "r+") as f:
+        main = f[usid.dataset]
+        del main.attrs["Spectroscopic_Values"]
+        other = main.parent.create_dataset("Other", data=np.zeros((usid.data_2d.shape[0], 2)))
+        other.attrs["Position_Indices"] = main.attrs["Position_Indices"]  # only one of the four
+        f.create_dataset("plain", data=np.zeros((3, 3)))  # 2-D without ancillaries: not a candidate
+        f["one_d"] = np.zeros(3)
+        f["one_d"].attrs["Position_Indices"] = main.attrs["Position_Indices"]  # 1-D: not a candidate
+    return usid
+
+
+def test_open_usid_names_each_invalid_candidate_and_why(invalid_candidates):
+    usid = invalid_candidates
+    with pytest.raises(lazyusid.DatasetSelectionError) as info:
+        lazyusid.open_usid(usid.path)
+    message = str(info.value)
+    first = message.split("\n")[0]
+    assert "holds no USID main dataset: 2 datasets look like main datasets but are not valid" in first
+    assert f"{usid.dataset}: attribute 'Spectroscopic_Values'" in message
+    assert "/Measurement_000/Channel_000/Other: attribute 'quantity' is missing" in message
+    assert "plain" not in message and "one_d" not in message

@@ -14,6 +14,7 @@ leaves a group that lazyusid or pyUSID would take for a partial result.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -26,8 +27,8 @@ import numpy as np
 import xarray as xr
 
 from ..dimension import Dimension
-from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
-from ..files import raise_if_locked
+from ..errors import DiskFullError, LazyUSIDError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
+from ..files import raise_if_locked, unplain_storage
 from ..function import Output
 from ..identity import to_json
 from ..open import H5Source, lazy_reads
@@ -121,6 +122,7 @@ class HDF5Sink(Sink):
             return self._find(f, token, name)
 
     def _find(self, f: h5py.File, token: str, name: str | None) -> list[Found]:
+        _refuse_non_group(f, self.group)
         parent = f.get(self.group)
         if name is not None:
             grp = parent.get(name) if isinstance(parent, h5py.Group) else None
@@ -132,6 +134,7 @@ class HDF5Sink(Sink):
                     f"(tool {_text(grp.attrs.get('tool'))!r}, token {_text(grp.attrs.get('lazyusid_token'))!r}); "
                     "it cannot be resumed with this function, these parameters and this source"
                 )
+            self._refuse_unplain(parent, name)
             return [self._found(grp)]
         if not isinstance(parent, h5py.Group):
             return []
@@ -141,8 +144,41 @@ class HDF5Sink(Sink):
         for key in sorted(numbered, key=lambda k: int(k[len(prefix) :])):  # _1000 after _999
             grp = parent.get(key)
             if isinstance(grp, h5py.Group) and _text(grp.attrs.get("lazyusid_token")) == token:
+                self._refuse_unplain(parent, key)
                 found.append(self._found(grp))
         return found
+
+    def _refuse_unplain(self, parent: h5py.Group, name: str) -> None:
+        """Raise :class:`StoreConflictError` unless every dataset lazyusid would write in group ``name`` is plain.
+
+        The file may have been written by anyone, and a token holds no secret:
+        a planted group whose outputs or flags store their bytes elsewhere
+        (external storage, a virtual dataset, a link) would make a resume
+        write into another file or dataset (DESIGN.md, decision 8).
+        """
+        where = f"{parent.name.rstrip('/')}/{name}"
+        why = None
+        link = parent.get(name, getlink=True)
+        grp = parent.get(name)
+        if not isinstance(link, h5py.HardLink):
+            why = (
+                f"results group {where!r} in {self.path} is a {type(link).__name__}, not a group of the file"
+            )
+        elif os.path.realpath(grp.file.filename) != os.path.realpath(self.path):
+            why = f"results group {where!r} lies in another file, {grp.file.filename!r}"
+        else:
+            for key in (*(o.name for o in self.shape.outputs), MARKERS):
+                problem = unplain_storage(grp, key)
+                if problem is not None:
+                    why = f"dataset '{where}/{key}' in {self.path} {problem}: it is not stored plainly in the file"
+                    break
+        if why is not None:
+            raise StoreConflictError(
+                f"{why}. lazyusid writes results only into contiguous or chunked datasets inside the target "
+                "file, so it will neither resume nor return this results group (lazyusid never writes such "
+                f"a group: the file was changed by something else). Delete the group {where!r} from the file, "
+                "or choose another store."
+            )
 
     def _found(self, grp: h5py.Group) -> Found:
         done = int(grp.attrs.get("last_pixel", 0))
@@ -157,12 +193,13 @@ class HDF5Sink(Sink):
         _remove_stale_new_files(self.path)
         if not os.path.exists(self.path):
             self._create_file()
-        with _opened(self.path, "r+") as f:
+        with _opened(self.path, "r+", unbuffered=True) as f:
             self._file = f
             try:
                 yield self
-            finally:
-                self._file = self._group = None
+            finally:  # no h5py object of the file outlives it
+                self._file = self._group = self._markers = None
+                self._dsets = []
 
     def _create_file(self) -> None:
         tmp = f"{self.path}.{os.getpid()}{_NEW_FILE_SUFFIX}"
@@ -178,6 +215,17 @@ class HDF5Sink(Sink):
 
     def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
         """Open the group to resume, or create a new one; return the per-row flags."""
+        try:
+            return self._prepare(token, identity, params, resume=resume)
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, LazyUSIDError) or not _is_disk_full(exc):
+                raise
+            raise DiskFullError(
+                f"No space left on device while writing {self.where}: preparing its results group, before "
+                "computing anything; free space and run again"
+            ) from exc
+
+    def _prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
         f = self._file
         if resume is not None:
             grp = f[self.group][resume.name]
@@ -233,7 +281,7 @@ class HDF5Sink(Sink):
                     dtype=out.dtype,
                     ancillary_suffix="" if len(shape.outputs) == 1 else f"_{out.name}",
                     chunks=(rows, cols),
-                    fillvalue=np.nan if out.dtype.kind in "fc" else 0,
+                    fillvalue=_fill_value(out.dtype),
                 )
                 pos_dims = main  # later outputs share the position ancillaries
             grp.attrs["tool"] = self.tool
@@ -307,8 +355,15 @@ class HDF5Sink(Sink):
         much finished work. Blocks slower than the interval are each flagged
         as soon as they are written.
         """
-        for dset, arr in zip(self._dsets, outs):
-            dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        try:
+            for dset, arr in zip(self._dsets, outs):
+                dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            with suppress(DiskFullError):
+                self.commit()  # flag the blocks written before this one, if the disk still lets us
+            raise self._disk_full(r0, r1) from exc
         self._pending.append((r0, r1))
         if time.monotonic() - self._last_commit >= self._interval:
             self.commit()
@@ -317,15 +372,32 @@ class HDF5Sink(Sink):
         """Checkpoint: flush the data written since the last one, then set their flags and flush again."""
         if self._file is None or not self._pending:
             return
-        self._file.flush()
-        for r0, r1 in _merged(self._pending):
-            self._markers[r0:r1] = 1
-            self._done[r0:r1] = 1
-        self._prefix = _prefix(self._done, self._prefix)
-        self._group.attrs["last_pixel"] = self._prefix
-        self._file.flush()
+        merged = _merged(self._pending)
+        done = self._done.copy()
+        try:
+            self._file.flush()
+            for r0, r1 in merged:
+                self._markers[r0:r1] = 1
+                done[r0:r1] = 1
+            prefix = _prefix(done, self._prefix)
+            self._group.attrs["last_pixel"] = prefix
+            self._file.flush()
+        except (OSError, RuntimeError) as exc:
+            if not _is_disk_full(exc):
+                raise
+            self._pending.clear()  # not flagged: their rows are computed again by the next run
+            raise self._disk_full(merged[0][0], merged[-1][1]) from exc
+        self._done, self._prefix = done, prefix
         self._pending.clear()
         self._last_commit = time.monotonic()
+
+    def _disk_full(self, r0: int, r1: int) -> DiskFullError:
+        self._pending.clear()
+        saved = int(np.count_nonzero(self._done))
+        return DiskFullError(
+            f"No space left on device while writing {self.where}{self.name} at positions {r0}:{r1}; "
+            f"{saved} positions are saved; free space and run again to resume"
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -342,6 +414,48 @@ class HDF5Sink(Sink):
             out[o.name] = shape.variable(o, arr)
             out[o.name].attrs["units"] = o.units
         return out
+
+
+def _refuse_non_group(f: h5py.File, group: str) -> None:
+    """Raise :class:`StoreConflictError` unless each existing part of ``group`` is a group of this file.
+
+    Checked while the file is open read-only: a dataset on the way would
+    only fail deep in h5py, and an external (or broken) link would put the
+    results into another file, or nowhere.
+    """
+    path = ""
+    for part in group.strip("/").split("/") if group.strip("/") else ():
+        path += "/" + part
+        link = f.get(path, getlink=True)
+        if link is None:
+            return  # created when results are written
+        if isinstance(link, h5py.ExternalLink):
+            what = f"an external link (to {link.path!r} in {link.filename!r})"
+        else:
+            obj = f.get(path)
+            kind = "a broken link" if obj is None else f"a {type(obj).__name__.lower()}"  # a dataset, ...
+            what = None if isinstance(obj, h5py.Group) else kind
+        if what is not None:
+            raise StoreConflictError(
+                f"cannot store results under group={group!r} in {f.filename}: {path!r} is {what}, not a group "
+                "of this file. Choose another group= (a new or existing group) or another store."
+            )
+
+
+def _fill_value(dtype: np.dtype):
+    """What unwritten values read as: NaN for floats (also in each float field of a record), else 0.
+
+    Examples
+    --------
+    >>> _fill_value(np.dtype([("Amplitude", "f4"), ("n", "i2")]))
+    np.void((nan, 0), dtype=[('Amplitude', '<f4'), ('n', '<i2')])
+    """
+    if dtype.names is None:
+        return np.nan if dtype.kind in "fc" else 0
+    fill = np.zeros((), dtype)
+    for name in dtype.names:
+        fill[name] = _fill_value(dtype.fields[name][0])
+    return fill[()]
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -438,11 +552,45 @@ def _check_writable(path: str, in_file: bool) -> None:
         raise ReadOnlyStoreError(f"cannot write results into {path}: it is read-only. {hint}")
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether an h5py error is the file system's ENOSPC (h5py raises OSError or RuntimeError for it)."""
+    text = str(exc)
+    return (
+        getattr(exc, "errno", None) == errno.ENOSPC
+        or "errno = 28," in text
+        or "No space left on device" in text
+    )
+
+
+def _unbuffered(path: str) -> h5py.File:
+    """``h5py.File(path, "r+")`` holding no raw data back: no chunk cache, no sieve buffer.
+
+    Every write of values then reaches the file system during the write
+    call, so a full disk fails that write (an error lazyusid translates),
+    never a later flush or close with dirty chunks that HDF5 can neither
+    write nor drop: measured with h5py on a full tmpfs, that leaves
+    ``Can't decrement id ref count`` and a segfault when the interpreter
+    exits, whatever the order of closing. Blocks are written whole, a
+    chunk or more at a time, so the cache saved nothing.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # as h5py.File does
+    mdc, slots, _, w0 = fapl.get_cache()
+    fapl.set_cache(mdc, slots, 0, w0)
+    fapl.set_sieve_buf_size(0)
+    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
 @contextmanager
-def _opened(path: str, mode: str):
-    """``h5py.File`` with errors that say what is wrong with the target and what to do."""
+def _opened(path: str, mode: str, *, unbuffered: bool = False):
+    """``h5py.File`` with errors that say what is wrong with the target and what to do.
+
+    ``unbuffered`` (mode ``r+`` only): see :func:`_unbuffered`. After an
+    error the file is closed quietly: what closing it fails on (a full
+    disk) must not hide the error that stopped the work.
+    """
     try:
-        f = h5py.File(path, mode)
+        f = _unbuffered(path) if unbuffered else h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
         raise_if_locked(
@@ -464,5 +612,16 @@ def _opened(path: str, mode: str):
         raise
     try:
         yield f
-    finally:
+    except BaseException:
+        with suppress(OSError, RuntimeError):
+            f.close()
+        raise
+    try:
         f.close()
+    except (OSError, RuntimeError) as exc:
+        if not _is_disk_full(exc):
+            raise
+        raise DiskFullError(
+            f"No space left on device while closing {path}; the positions flagged in it are saved; "
+            "free space and run again to resume"
+        ) from exc
