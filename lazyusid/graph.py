@@ -151,7 +151,7 @@ class SpectralMap:
                 b,
                 where,
                 write,
-                dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a}-{b}",
+                dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}",
             )
             for source, (a, b) in zip(sources, ranges)
         ]

@@ -146,7 +146,7 @@ class Process:
         self.duplicate_groups = [self._group(f.name) for f in found if f.complete]
         self.partial_groups = [self._group(f.name) for f in found if not f.complete]
         if verbose:
-            print(f"{self.process_name}: {self._map.plan!r}; runs on {self._map.where}")
+            print(f"{self.process_name}: {self._map.plan!r}; runs on {self._map.scheduler}")
             for what, groups in (("complete", self.duplicate_groups), ("partial", self.partial_groups)):
                 for g in groups:
                     print(f"found {what} results of this computation: {_name(g)}")

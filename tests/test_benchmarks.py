@@ -112,14 +112,12 @@ def test_blocks_are_read_directly_from_an_untouched_source(tmp_path):
         return np.abs(s).max()
 
     smap = prepare_map(data, peak, core_dims="Frequency", positions_per_block=7, cores=1)
-    assert smap.flat_rows is not None and smap.flat_rows.n_extra == 4  # 4 DC steps per file row
-    with smap.reading_blocks() as reader:
-        block = reader.read(5, 12)  # starts and ends inside rows
-        elsewhere = reader.anywhere(5, 12)  # what worker processes read (a contiguous source: mapped)
+    assert smap.reader is not None and smap.reader.n_extra == 4  # 4 DC steps per file row
+    assert smap.reader.rows.how == "mapped"  # a contiguous source: what worker processes map themselves
+    block = smap.reader.for_positions(5, 12).read(5, 12)  # starts and ends inside rows
     np.testing.assert_array_equal(block, np.asarray(data.values).reshape(-1, 16)[5:12])
-    np.testing.assert_array_equal(elsewhere, block)
-    assert prepare_map(data.isel(X=slice(1, 4)), peak, core_dims="Frequency", cores=1).flat_rows is None
-    assert prepare_map(data * 2, peak, core_dims="Frequency", cores=1).flat_rows is None
+    assert prepare_map(data.isel(X=slice(1, 4)), peak, core_dims="Frequency", cores=1).reader is None
+    assert prepare_map(data * 2, peak, core_dims="Frequency", cores=1).reader is None
     stored = lazyusid.map_spectra(
         data, peak, core_dims="Frequency", positions_per_block=7, cores=1, store=path, progress=False
     )

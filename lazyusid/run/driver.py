@@ -71,6 +71,10 @@ def run_blocks(
         with _sigterm_as_interrupt():
             if smap.scheduler.distributed:
                 _run_distributed(smap, tasks, by_key, finished)
+            elif smap.scheduler.kind == "sync":  # one block after another, in the order of the positions
+                for task in tasks:
+                    (result,) = dask.compute(task, scheduler="sync")
+                    finished(task.key, result)
             else:
                 with BlockCallback(finished):
                     dask.compute(*[dask.delayed(_nothing)(t) for t in tasks], scheduler=smap.scheduler.get)

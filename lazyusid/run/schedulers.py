@@ -135,7 +135,9 @@ def choose_scheduler(
         cores = machine
     n = cores or default_cores()
     if vectorized:
-        return Scheduler("threads", n, f"{n} threads (vectorised function)" if n > 1 else "this thread")
+        if n == 1:
+            return Scheduler("sync", 1, "this thread (vectorised function, cores=1)")
+        return Scheduler("threads", n, f"{n} threads (vectorised function)")
     if n == 1:
         return Scheduler("sync", 1, "this thread (cores=1)")
     if estimated_seconds < INLINE_SECONDS:
