@@ -28,7 +28,7 @@ def _scan(write_usid, ny=8, nx=12):
 
 def exits_at_position_40(spectrum):
     """Takes its worker process down (as a segfault would) at one spectrum; slow enough for processes."""
-    time.sleep(0.01)
+    time.sleep(0.03)  # 96 positions: ~3 s estimated, so lazyusid runs it on worker processes
     if abs(float(spectrum[0]) - 1234.5) < 1e-3:
         os._exit(3)
     return float(np.abs(spectrum).max())
@@ -40,6 +40,8 @@ def test_function_that_kills_its_worker_names_the_block_and_keeps_what_finished(
         f[written.dataset][40, 0] = 1234.5  # position 40: Y=3, X=4
     data = lazyusid.open_usid(written.path)
     target = tmp_path / "r.h5"
+    plan = lazyusid.plan_spectra(data, exits_at_position_40, cores=2, positions_per_block=8)
+    assert plan.scheduler == "2 worker processes"  # never in this process: it would take pytest down
     with pytest.raises(lazyusid.WorkerCrashedError, match=r"exits_at_position_40 crashed its worker") as info:
         lazyusid.map_spectra(
             data, exits_at_position_40, cores=2, store=target, positions_per_block=8, progress=False
