@@ -11,6 +11,10 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+
 import xarray as xr
 
 from .compute import apply_at, map_spectra, plan_spectra
@@ -24,23 +28,40 @@ class TextBlock(str):
         return str(self)
 
 
+def _on_this_object(func: Callable, summary: str) -> Callable:
+    """A method calling ``func(obj, ...)``, with ``func``'s own signature (minus ``data``) and documentation.
+
+    The engine options are defined once, on the engine's functions; ``help()``
+    and tab completion show them here too.
+    """
+
+    @functools.wraps(func)
+    def method(self, *args, **kwargs):
+        return func(self._obj, *args, **kwargs)
+
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = sig.replace(parameters=[self_param, *params[1:]])
+    method.__doc__ = (
+        f"{summary}\n\nCalls :func:`lazyusid.{func.__name__}` on this object.\n{func.__doc__ or ''}"
+    )
+    del method.__wrapped__  # inspect.signature would follow it to func's own signature
+    return method
+
+
 class USIDAccessor:
     """``obj.usid``: map functions over every spectrum of this USID data."""
 
     def __init__(self, obj: xr.DataArray | xr.Dataset):
         self._obj = obj
 
-    def map(self, func, **kwargs):
-        """Call :func:`lazyusid.map_spectra` on this object (``store=`` to compute into a results group or zarr)."""
-        return map_spectra(self._obj, func, **kwargs)
-
-    def test(self, func, position=0, **kwargs):
-        """Call :func:`lazyusid.apply_at`: run ``func`` on one position only."""
-        return apply_at(self._obj, func, position, **kwargs)
-
-    def plan(self, func, **kwargs):
-        """Call :func:`lazyusid.plan_spectra`: the block plan, before anything runs."""
-        return plan_spectra(self._obj, func, **kwargs)
+    map = _on_this_object(
+        map_spectra,
+        "Apply ``func`` to every spectrum: lazily, or with ``store=`` into a results group or zarr.",
+    )
+    test = _on_this_object(apply_at, "Run ``func`` on one position only, exactly as the full run would.")
+    plan = _on_this_object(plan_spectra, "The block plan and scheduler, before anything runs.")
 
     @property
     def file(self) -> str:

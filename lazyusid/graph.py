@@ -65,16 +65,17 @@ class FlatReader:
         return block[offset : offset + b - a].copy()  # do not hold the rest of the rows
 
 
-def run_block(function: SpectralFunction, source, a: int, b: int, where: dict, write=None):
+def run_block(function: SpectralFunction, source, a: int, b: int, where: dict, write=None, pick=None):
     """Read (or take) positions ``a:b``, evaluate the function; a block task's body, on any worker.
 
-    With ``write`` (a sink's picklable region writer) the outputs are
-    stored here and only ``(a, b)`` is returned.
+    Returns the tuple of outputs (``pick``: only that one). With ``write``
+    (a sink's picklable region writer) the outputs are stored here and only
+    ``(a, b)`` is returned.
     """
     block = source.read(a, b) if isinstance(source, FlatReader) else source
     outs = function.evaluate(block, first=a, **where)
     if write is None:
-        return outs
+        return outs if pick is None else outs[pick]
     write(a, b, outs)
     return (a, b)
 
@@ -129,7 +130,9 @@ class SpectralMap:
             fn = id(self)
         return dask.base.tokenize(source, fn, self.function.vectorized, self.loop_shape, self.core_shape)
 
-    def blocks(self, ranges: Sequence[tuple[int, int]], write: Callable | None = None) -> list:
+    def blocks(
+        self, ranges: Sequence[tuple[int, int]], write: Callable | None = None, pick: int | None = None
+    ) -> list:
         """One :class:`dask.delayed.Delayed` per ``(a, b)`` range of positions, in order.
 
         Each returns the tuple of output arrays of its block, or with
@@ -142,7 +145,7 @@ class SpectralMap:
         else:
             sources = self._input_blocks(ranges)
         run = dask.delayed(run_block, pure=True)
-        suffix = "" if write is None else "-" + dask.base.tokenize(write)
+        suffix = "" if write is None and pick is None else "-" + dask.base.tokenize(write, pick)
         return [
             run(
                 function,
@@ -151,6 +154,7 @@ class SpectralMap:
                 b,
                 where,
                 write,
+                pick,
                 dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}",
             )
             for source, (a, b) in zip(sources, ranges)
@@ -181,12 +185,13 @@ class SpectralMap:
         expression is computed.
         """
         ranges = self.plan.blocks()
-        tasks = self.blocks(ranges)
+        single = len(self.function.outputs) == 1
+        tasks = self.blocks(ranges, pick=0 if single else None)
         run = _LazyRun(self.scheduler, len(tasks), self.function.name, self.progress)
         arrays = {}
         for i, out in enumerate(self.function.outputs):
             pieces = [
-                da.from_delayed(task[i], shape=(b - a, *out.shape), dtype=out.dtype)
+                da.from_delayed(task if single else task[i], shape=(b - a, *out.shape), dtype=out.dtype)
                 for task, (a, b) in zip(tasks, ranges)
             ]
             flat = da.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
@@ -226,7 +231,9 @@ class BlockCallback(Callback):
         self.on_block = on_block
 
     def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(key, str) and key.startswith(BLOCK_PREFIX):
+        name = key[0] if isinstance(key, tuple) else key
+        # a lazy result's block fused with its array's layer: "from-value-lazyusid-block-..."
+        if isinstance(name, str) and name.startswith((BLOCK_PREFIX, "from-value-" + BLOCK_PREFIX)):
             self.on_block(key, result)
 
 

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 import h5py
 import xarray as xr
 
-from .compute import apply_at, as_dataarray, prepare_map
+from .compute import apply_at, as_dataarray, map_spectra, prepare_map, untouched_source
 from .function import OutputsLike
 from .open import open_usid
-from .sinks import order_for_store, prepare_store, store_map
+from .sinks import order_for_store, prepare_store, target_file
 
 
 class Process:
@@ -111,13 +111,19 @@ class Process:
         self.h5_results_grp = None
         self._resume: str | None = None
 
-        data, core_dims = as_dataarray(_as_data(h5_main), self.core_dims)
-        self._result_dims = tuple(d for d in data.dims if d not in core_dims)
-        self.data, self._pos_dims, self._extra_dims = order_for_store(data, core_dims)
+        self._original = _as_data(h5_main)
+        data, core_dims = as_dataarray(self._original, self.core_dims)
+        self.data, pos_dims, extra_dims = order_for_store(data, core_dims)
+        if h5_target_group is None:
+            h5_target_group = self.data.attrs.get("usid_file")
+            if h5_target_group is None:
+                raise ValueError(
+                    "this data has no source file: pass h5_target_group= (an HDF5 or .zarr path)"
+                )
+        self._store = h5_target_group
         func, vectorized = self._function()
-        self._map = prepare_map(
-            self.data,
-            func,
+        #: the engine options of every call (:meth:`compute` is one call of lazyusid.map_spectra)
+        self._options = dict(
             core_dims=core_dims,
             params=self.parms_dict,
             outputs=self.outputs,
@@ -128,19 +134,16 @@ class Process:
             client=client,
             progress=progress,
         )
-        if h5_target_group is None:
-            h5_target_group = self.data.attrs.get("usid_file")
-            if h5_target_group is None:
-                raise ValueError(
-                    "this data has no source file: pass h5_target_group= (an HDF5 or .zarr path)"
-                )
-        self._store = h5_target_group
+        # what compute() would run, to find stored results of it now (pyUSID's duplicate_h5_groups)
+        self._map = prepare_map(
+            self.data,
+            func,
+            writes_to=target_file(h5_target_group),
+            source=untouched_source(self._original),
+            **self._options,
+        )
         self._target = prepare_store(
-            self._map,
-            h5_target_group,
-            pos_dims=self._pos_dims,
-            extra_dims=self._extra_dims,
-            tool=self.process_name,
+            self._map, h5_target_group, pos_dims=pos_dims, extra_dims=extra_dims, tool=self.process_name
         )
         found = self._target.find()
         self.duplicate_groups = [self._group(f.name) for f in found if f.complete]
@@ -192,7 +195,7 @@ class Process:
             self.data,
             func,
             pixel,
-            core_dims=self._map.core_dims,
+            core_dims=self._options["core_dims"],
             params=self.parms_dict,
             outputs=self.outputs,
             vectorized=vectorized,
@@ -221,15 +224,15 @@ class Process:
             The results group (an h5py group when ``h5_main`` was one,
             else its path). The values, as xarray, are in :attr:`result`.
         """
-        self.result = store_map(
-            self._map,
-            self._store,
-            pos_dims=self._pos_dims,
-            extra_dims=self._extra_dims,
+        func, _ = self._function()
+        self.result = map_spectra(
+            self._original,
+            func,
+            store=self._store,
             tool=self.process_name,
             override=override,
             resume=None if override else self._resume,
-            result_dims=self._result_dims,
+            **self._options,
         )
         self._resume = None
         if self.verbose:

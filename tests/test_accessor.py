@@ -394,3 +394,19 @@ def test_errors_name_what_and_where(scan, tmp_path):
         data.usid.map(peak, override=True)
     with pytest.raises(ValueError, match=r"core_dims \['Energy'\] are not dimensions of the data"):
         data.usid.map(peak, core_dims="Energy")
+
+
+def test_accessor_methods_show_every_engine_option():
+    """help() and tab completion see the options (defined once, on the engine's functions)."""
+    import inspect
+
+    data = xr.DataArray(np.ones((3, 4)), dims=("x", "f"))
+    for method, engine in ((data.usid.map, lazyusid.map_spectra), (data.usid.plan, lazyusid.plan_spectra)):
+        params = inspect.signature(method).parameters
+        for name in ("core_dims", "params", "outputs", "vectorized", "budget", "cores", "client", "progress"):
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert list(params) == list(inspect.signature(engine).parameters)[1:]
+    assert "store" in inspect.signature(data.usid.map).parameters
+    assert "Calls :func:`lazyusid.map_spectra`" in data.usid.map.__doc__
+    with pytest.raises(TypeError, match="bugdet"):
+        data.usid.map(lambda s: s.sum(), core_dims="f", bugdet="1GiB")

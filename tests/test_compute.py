@@ -850,3 +850,18 @@ def test_no_progress_bar_when_disabled(capfd):
     captured = capfd.readouterr()
     assert captured.err == ""
     assert captured.out == ""
+
+
+def test_an_active_default_client_is_used(scan):
+    """The user's current default client (e.g. dask-jobqueue's) runs the blocks, stored or lazy."""
+    from distributed import Client, LocalCluster
+
+    path, data = scan
+    arr = lazyusid.open_usid(path)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:  # set as the default
+            plan = lazyusid.plan_spectra(arr, peak_and_pid, outputs=["peak", "pid"])
+            assert plan.scheduler == f"the distributed Client at {client.scheduler.address}"
+            result = lazyusid.map_spectra(arr, peak_and_pid, outputs=["peak", "pid"]).compute()
+    np.testing.assert_array_equal(result["peak"].values, np.abs(data).max(axis=-1))
+    assert lazyusid.plan_spectra(arr, peak_and_pid, outputs=["peak", "pid"]).scheduler != plan.scheduler
