@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 from dask.utils import parse_bytes
 
-from .files import PathLike, open_file, select_main
+from .files import PathLike, open_file, raise_if_locked, select_main
 from .layout import FLAT_POSITION, Layout, read_layout
 
 
@@ -59,8 +59,22 @@ class H5Source:
         return (type(self).__name__, self.path, self.dataset, self.shape, str(self.dtype))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of the 2-D ``(positions, spectroscopic)`` dataset."""
-        with h5py.File(self.path, "r") as f:
+        """Rows ``start:stop`` of the 2-D ``(positions, spectroscopic)`` dataset.
+
+        Raises :class:`~lazyusid.StoreBusyError`, naming the file, while
+        another process holds it open for writing (HDF5's file lock).
+        """
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise_if_locked(
+                exc,
+                f"{self.path} is open for writing in another process (HDF5 file lock), e.g. a lazyusid "
+                f"computation storing results into it, so {self.dataset} cannot be read; wait for it to "
+                "finish, or read a copy",
+            )
+            raise
+        with f:
             dset = f[self.dataset]
             out = np.empty((max(0, stop - start), dset.shape[1]), dtype=self.dtype)
             if out.size:

@@ -29,7 +29,8 @@ from ..identity import computation_token, digest
 from ..layout import read_layout, remembering_layouts
 from ..run.driver import run_blocks, say_interrupted
 from .base import ResultShape, Sink
-from .hdf5 import HDF5Sink, _opened
+from .hdf5 import HDF5Sink
+from .hdf5_file import opened
 from .zarr import ZarrSink
 
 __all__ = [
@@ -103,6 +104,7 @@ def store_map(
         if found and found[-1].complete and not override:
             name = found[-1].name
         else:
+            sink.check(token, target.identity, dict(smap.function.params))  # a refusal writes nothing
             with sink.writing():
                 found = sink.find(token, resume)  # again, now that no one else can write
                 if found and found[-1].complete and not override:  # finished by another process meanwhile
@@ -186,12 +188,17 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         if key in smap.data.attrs:
             attrs[key] = smap.data.attrs[key]
     arrays = {}
+    coords = dict(shape.coords)
     for o in shape.outputs:
         var = variables[o.name]
         var.attrs.update(attrs)
-        arrays[o.name] = var
-    coords = dict(shape.coords)
-    if smap.function.single:
+        if o.dtype.names is None:
+            arrays[o.name] = var
+            continue
+        fields = _record_fields(var, o, attrs["usid_store"] + ("" if sink.kind == "zarr" else "/") + o.name)
+        prefix = "" if smap.function.single else f"{o.name}."
+        arrays.update({prefix + k: v for k, v in fields.items()})
+    if smap.function.single and len(arrays) == 1:
         (key,) = arrays
         out = xr.DataArray(arrays[key], coords=coords, name=key)
     else:
@@ -199,6 +206,22 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
     if result_dims is not None:
         out = out.transpose(*result_dims, ...)
     return out
+
+
+def _record_fields(var: xr.Variable, out, record: str) -> dict[str, xr.Variable]:
+    """The fields of a stored record output, one float (or int) variable each, as :func:`~lazyusid.open.record_fields`.
+
+    Each names the stored records by ``usid_record`` and its field by
+    ``usid_field``, not by the source's ``usid_dataset``: a computation on
+    one field is neither a computation on the source nor on another field.
+    """
+    shared = {k: v for k, v in var.attrs.items() if k not in ("usid_file", "usid_dataset", "units")}
+    fields = {}
+    for name in out.dtype.names:
+        attrs = {**shared, "quantity": name, "long_name": name, "units": out.units}
+        attrs.update(usid_record=record, usid_field=name)
+        fields[name] = xr.Variable(var.dims, var.data[name], attrs=attrs)
+    return fields
 
 
 def _open_sink(store, group, *, tool, shape, data):
@@ -232,7 +255,7 @@ def _open_sink(store, group, *, tool, shape, data):
 
 def _same_positions(path: str, dataset: str, shape: ResultShape) -> bool:
     """Whether the result's rows are exactly the source's positions, in file order."""
-    with _opened(path, "r") as f:
+    with opened(path, "r") as f:
         pos = read_layout(f[dataset]).pos
     if pos.complete:
         dims = tuple(pos.labels[i] for i in pos.order)

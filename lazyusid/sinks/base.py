@@ -97,6 +97,13 @@ class Sink(abc.ABC):
     def where(self) -> str:
         """The target, in words (a path)."""
 
+    def check(self, token: str, identity: dict, params: dict) -> None:
+        """Refuse, before anything is written, what this target cannot store (names, dtypes, permissions).
+
+        Called before :meth:`writing`: a refusal changes no file.
+        """
+        check_result_names(self.shape, self.where)
+
     @abc.abstractmethod
     def find(self, token: str, name: str | None = None) -> list[Found]:
         """Stored results of the computation ``token`` (oldest first); reads only."""
@@ -132,6 +139,30 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def result(self, name: str) -> dict[str, xr.Variable]:
         """The stored outputs of result ``name``, lazily."""
+
+
+def check_result_names(shape: ResultShape, where: str) -> None:
+    """Raise :class:`ValueError` when an output's name or dimensions clash with the result's other names.
+
+    An output named like a coordinate or loop dimension (``"Y"``), or with
+    a dimension of that name, cannot be a variable of the result beside
+    them; found only after computing, it would cost the whole run.
+    """
+    loop = {str(d) for d in shape.loop_dims} | {str(k) for k in shape.coords}
+    for out in shape.outputs:
+        if out.name in loop:
+            raise ValueError(
+                f"cannot store output {out.name!r} in {where}: the result has a coordinate or dimension of that "
+                "name. Name the output otherwise (the outputs= names, or the keys of the dict the function "
+                "returns); nothing was written."
+            )
+        clash = [d for d in out.dims if str(d) in loop]
+        if clash:
+            raise ValueError(
+                f"cannot store output {out.name!r} in {where}: its dimension {clash[0]!r} is also a loop "
+                f"dimension or coordinate of the result. Declare other dims, e.g. outputs={{{out.name!r}: "
+                f"{{'dims': [...]}}}}; nothing was written."
+            )
 
 
 def todo_ranges(done: np.ndarray, rows_per_block: int) -> list[tuple[int, int]]:

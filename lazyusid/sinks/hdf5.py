@@ -10,12 +10,14 @@ linked into place only once its skeleton is flushed, so a kill never leaves
 an unreadable target; a new results group likewise is built as
 ``_lazyusid_building`` and moved to its name once whole, so a kill never
 leaves a group that lazyusid or pyUSID would take for a partial result.
+
+Opening the file (locks, a full disk, stale temporary files) is
+:mod:`lazyusid.sinks.hdf5_file`; the results group's skeleton, and the
+checks that run before anything is written, :mod:`lazyusid.sinks.hdf5_group`.
 """
 
 from __future__ import annotations
 
-import errno
-import glob
 import os
 import re
 import time
@@ -26,37 +28,28 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from ..dimension import Dimension
-from ..errors import DiskFullError, LazyUSIDError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
-from ..files import raise_if_locked, unplain_storage
-from ..function import Output
-from ..identity import to_json
+from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
 from ..open import H5Source, lazy_reads
-from ..write import bookkeeping_attrs, write_main
-from .base import MARKERS, Found, ResultShape, Sink, todo_ranges
+from ..write import bookkeeping_attrs
+from .base import MARKERS, Found, ResultShape, Sink, check_result_names, todo_ranges
+from .hdf5_file import (
+    NEW_FILE_SUFFIX,
+    alive,
+    check_writable,
+    is_disk_full,
+    opened,
+    refuse_non_group,
+    remove_stale_new_files,
+)
+from .hdf5_group import BUILDING, CHUNK_BYTES, RESERVED_ATTRS, build_group, check_group, refuse_unplain
 
-#: attributes lazyusid writes on a results group (parameters never overwrite them)
-RESERVED_ATTRS = {
-    "tool",
-    "num_source_dsets",
-    "source_000",
-    "source_file_path",
-    "source_dataset_path",
-    "last_pixel",
-    "lazyusid_token",
-    "lazyusid_identity",
-    "lazyusid_format_version",
-    *bookkeeping_attrs(),
-}
 #: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
 #: flushes); dask config ``lazyusid.checkpoint-interval`` (env ``DASK_LAZYUSID__CHECKPOINT_INTERVAL``),
 #: 0 for a checkpoint after every block
 CHECKPOINT_SECONDS = 1.0
-#: largest chunk of a result dataset
-_CHUNK_BYTES = 4 * 2**20
-_NEW_FILE_SUFFIX = ".lazyusid-partial"
-#: a results group while it is built; moved to its ``<Main>-<Tool>_NNN`` name only once whole
-_BUILDING = "_lazyusid_building"
+# the names other modules (and tests) import from here
+_BUILDING, _opened, _alive, _NEW_FILE_SUFFIX = BUILDING, opened, alive, NEW_FILE_SUFFIX
+__all__ = ["CHECKPOINT_SECONDS", "RESERVED_ATTRS", "HDF5Sink", "results_prefix"]
 
 
 def results_prefix(base: str, tool: str) -> str:
@@ -110,6 +103,29 @@ class HDF5Sink(Sink):
     def where(self) -> str:
         return f"{self.path}:{self.group.rstrip('/')}/"
 
+    def check(self, token: str, identity: dict, params: dict) -> None:
+        """Refuse what cannot be stored here before anything is written (:func:`~.hdf5_group.check_group`).
+
+        Also refuses a read-only target and a ``group=`` that is not a group
+        of the file, so that a refusal never leaves a new file behind.
+        """
+        check_result_names(self.shape, self.where)
+        check_writable(self.path, self.in_file)
+        if os.path.exists(self.path):
+            with opened(self.path, "r") as f:
+                refuse_non_group(f, self.group)
+        check_group(
+            self.where,
+            self.group,
+            shape=self.shape,
+            tool=self.tool,
+            token=token,
+            identity=identity,
+            params=params,
+            source=None if self.source_file is None else (self.source_file, self.source_dataset),
+            reuse_positions=self.reuse_positions,
+        )
+
     # -- finding ---------------------------------------------------------------------------------
 
     def find(self, token: str, name: str | None = None) -> list[Found]:
@@ -118,11 +134,11 @@ class HDF5Sink(Sink):
             if name is not None:
                 raise FileNotFoundError(f"{self.path} does not exist, so it holds no results group {name!r}")
             return []
-        with _opened(self.path, "r") as f:
+        with opened(self.path, "r") as f:
             return self._find(f, token, name)
 
     def _find(self, f: h5py.File, token: str, name: str | None) -> list[Found]:
-        _refuse_non_group(f, self.group)
+        refuse_non_group(f, self.group)
         parent = f.get(self.group)
         if name is not None:
             grp = parent.get(name) if isinstance(parent, h5py.Group) else None
@@ -134,7 +150,7 @@ class HDF5Sink(Sink):
                     f"(tool {_text(grp.attrs.get('tool'))!r}, token {_text(grp.attrs.get('lazyusid_token'))!r}); "
                     "it cannot be resumed with this function, these parameters and this source"
                 )
-            self._refuse_unplain(parent, name)
+            refuse_unplain(parent, name, self.shape, self.path)
             return [self._found(grp)]
         if not isinstance(parent, h5py.Group):
             return []
@@ -144,41 +160,9 @@ class HDF5Sink(Sink):
         for key in sorted(numbered, key=lambda k: int(k[len(prefix) :])):  # _1000 after _999
             grp = parent.get(key)
             if isinstance(grp, h5py.Group) and _text(grp.attrs.get("lazyusid_token")) == token:
-                self._refuse_unplain(parent, key)
+                refuse_unplain(parent, key, self.shape, self.path)
                 found.append(self._found(grp))
         return found
-
-    def _refuse_unplain(self, parent: h5py.Group, name: str) -> None:
-        """Raise :class:`StoreConflictError` unless every dataset lazyusid would write in group ``name`` is plain.
-
-        The file may have been written by anyone, and a token holds no secret:
-        a planted group whose outputs or flags store their bytes elsewhere
-        (external storage, a virtual dataset, a link) would make a resume
-        write into another file or dataset (DESIGN.md, decision 8).
-        """
-        where = f"{parent.name.rstrip('/')}/{name}"
-        why = None
-        link = parent.get(name, getlink=True)
-        grp = parent.get(name)
-        if not isinstance(link, h5py.HardLink):
-            why = (
-                f"results group {where!r} in {self.path} is a {type(link).__name__}, not a group of the file"
-            )
-        elif os.path.realpath(grp.file.filename) != os.path.realpath(self.path):
-            why = f"results group {where!r} lies in another file, {grp.file.filename!r}"
-        else:
-            for key in (*(o.name for o in self.shape.outputs), MARKERS):
-                problem = unplain_storage(grp, key)
-                if problem is not None:
-                    why = f"dataset '{where}/{key}' in {self.path} {problem}: it is not stored plainly in the file"
-                    break
-        if why is not None:
-            raise StoreConflictError(
-                f"{why}. lazyusid writes results only into contiguous or chunked datasets inside the target "
-                "file, so it will neither resume nor return this results group (lazyusid never writes such "
-                f"a group: the file was changed by something else). Delete the group {where!r} from the file, "
-                "or choose another store."
-            )
 
     def _found(self, grp: h5py.Group) -> Found:
         done = int(grp.attrs.get("last_pixel", 0))
@@ -189,11 +173,11 @@ class HDF5Sink(Sink):
     @contextmanager
     def writing(self):
         """Hold the file open for writing (and so locked) while the block runs."""
-        _check_writable(self.path, self.in_file)
-        _remove_stale_new_files(self.path)
+        check_writable(self.path, self.in_file)
+        remove_stale_new_files(self.path)
         if not os.path.exists(self.path):
             self._create_file()
-        with _opened(self.path, "r+", unbuffered=True) as f:
+        with opened(self.path, "r+", unbuffered=True) as f:
             self._file = f
             try:
                 yield self
@@ -202,7 +186,7 @@ class HDF5Sink(Sink):
                 self._dsets = []
 
     def _create_file(self) -> None:
-        tmp = f"{self.path}.{os.getpid()}{_NEW_FILE_SUFFIX}"
+        tmp = f"{self.path}.{os.getpid()}{NEW_FILE_SUFFIX}"
         with h5py.File(tmp, "w") as f:
             f.require_group(self.group)
             f.attrs.update(bookkeeping_attrs())
@@ -218,7 +202,7 @@ class HDF5Sink(Sink):
         try:
             return self._prepare(token, identity, params, resume=resume)
         except (OSError, RuntimeError) as exc:
-            if isinstance(exc, LazyUSIDError) or not _is_disk_full(exc):
+            if isinstance(exc, LazyUSIDError) or not is_disk_full(exc):
                 raise
             raise DiskFullError(
                 f"No space left on device while writing {self.where}: preparing its results group, before "
@@ -245,67 +229,32 @@ class HDF5Sink(Sink):
     def _create_group(self, token, identity, params) -> h5py.Group:
         f = self._file
         parent = f.require_group(self.group)
-        if _BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
-            del parent[_BUILDING]
+        if BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
+            del parent[BUILDING]
         prefix = results_prefix(self.base, self.tool)
         taken = [int(m.group(1)) for k in parent if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", k))]
         name = f"{prefix}{max(taken, default=-1) + 1:03d}"
-        grp = parent.create_group(_BUILDING)
-        shape = self.shape
-
-        source = None
-        if self.source_file is not None:
-            source = f if self.in_file else h5py.File(self.source_file, "r")
+        source = None if self.source_file is None else (self.source_file, self.source_dataset)
+        src = None
+        if self.source_file is not None and self.reuse_positions:
+            src = f if self.in_file else h5py.File(self.source_file, "r")
         try:
-            pos_dims = (
-                source[self.source_dataset]
-                if source is not None and self.reuse_positions
-                else _pos_dims(shape)
+            build_group(
+                parent,
+                shape=self.shape,
+                tool=self.tool,
+                token=token,
+                identity=identity,
+                params=params,
+                positions=src[self.source_dataset] if src is not None else None,
+                source=source,
+                source_ref=f[self.source_dataset].ref if self.in_file else None,
             )
-            for out in shape.outputs:
-                cols = shape.columns(out)
-                rows = max(
-                    1,
-                    min(
-                        shape.rows_per_block, shape.n_rows, _CHUNK_BYTES // max(1, cols * out.dtype.itemsize)
-                    ),
-                )
-                main = write_main(
-                    grp,
-                    None,
-                    name=out.name,
-                    quantity=out.name,
-                    units=out.units,
-                    pos_dims=pos_dims,
-                    spec_dims=_spec_dims(shape, out),
-                    dtype=out.dtype,
-                    ancillary_suffix="" if len(shape.outputs) == 1 else f"_{out.name}",
-                    chunks=(rows, cols),
-                    fillvalue=_fill_value(out.dtype),
-                )
-                pos_dims = main  # later outputs share the position ancillaries
-            grp.attrs["tool"] = self.tool
-            grp.attrs["num_source_dsets"] = 0 if self.source_file is None else 1
-            if self.in_file:
-                grp.attrs["source_000"] = f[self.source_dataset].ref
-            elif self.source_file is not None:
-                grp.attrs["source_file_path"] = self.source_file
-                grp.attrs["source_dataset_path"] = self.source_dataset
         finally:
-            if source is not None and not self.in_file:
-                source.close()
-        grp.attrs.update(bookkeeping_attrs())
-        for key, value in params.items():
-            plain = _plain(value)
-            if plain is not None and key not in RESERVED_ATTRS:
-                grp.attrs[key] = plain
-        grp.attrs["lazyusid_identity"] = to_json(identity)
-        grp.attrs["lazyusid_format_version"] = identity["format_version"]
-        grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0)
-        grp.attrs["last_pixel"] = 0
-        grp.attrs["lazyusid_token"] = token
+            if src is not None and not self.in_file:
+                src.close()
         f.flush()
-        parent.move(_BUILDING, name)  # a kill before this leaves no group that pyUSID or lazyusid would find
+        parent.move(BUILDING, name)  # a kill before this leaves no group that pyUSID or lazyusid would find
         f.flush()
         return parent[name]
 
@@ -359,7 +308,7 @@ class HDF5Sink(Sink):
             for dset, arr in zip(self._dsets, outs):
                 dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
         except (OSError, RuntimeError) as exc:
-            if not _is_disk_full(exc):
+            if not is_disk_full(exc):
                 raise
             with suppress(DiskFullError):
                 self.commit()  # flag the blocks written before this one, if the disk still lets us
@@ -383,7 +332,7 @@ class HDF5Sink(Sink):
             self._group.attrs["last_pixel"] = prefix
             self._file.flush()
         except (OSError, RuntimeError) as exc:
-            if not _is_disk_full(exc):
+            if not is_disk_full(exc):
                 raise
             self._pending.clear()  # not flagged: their rows are computed again by the next run
             raise self._disk_full(merged[0][0], merged[-1][1]) from exc
@@ -409,53 +358,11 @@ class HDF5Sink(Sink):
         for o in shape.outputs:
             cols = shape.columns(o)
             source = H5Source(self.path, f"{path}/{o.name}", (shape.n_rows,), (cols,), o.dtype)
-            rows = max(1, min(shape.n_rows, _CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
+            rows = max(1, min(shape.n_rows, CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
             arr = lazy_reads(source, (rows, cols), "usid-result-" + dask.base.tokenize(source, rows))
             out[o.name] = shape.variable(o, arr)
             out[o.name].attrs["units"] = o.units
         return out
-
-
-def _refuse_non_group(f: h5py.File, group: str) -> None:
-    """Raise :class:`StoreConflictError` unless each existing part of ``group`` is a group of this file.
-
-    Checked while the file is open read-only: a dataset on the way would
-    only fail deep in h5py, and an external (or broken) link would put the
-    results into another file, or nowhere.
-    """
-    path = ""
-    for part in group.strip("/").split("/") if group.strip("/") else ():
-        path += "/" + part
-        link = f.get(path, getlink=True)
-        if link is None:
-            return  # created when results are written
-        if isinstance(link, h5py.ExternalLink):
-            what = f"an external link (to {link.path!r} in {link.filename!r})"
-        else:
-            obj = f.get(path)
-            kind = "a broken link" if obj is None else f"a {type(obj).__name__.lower()}"  # a dataset, ...
-            what = None if isinstance(obj, h5py.Group) else kind
-        if what is not None:
-            raise StoreConflictError(
-                f"cannot store results under group={group!r} in {f.filename}: {path!r} is {what}, not a group "
-                "of this file. Choose another group= (a new or existing group) or another store."
-            )
-
-
-def _fill_value(dtype: np.dtype):
-    """What unwritten values read as: NaN for floats (also in each float field of a record), else 0.
-
-    Examples
-    --------
-    >>> _fill_value(np.dtype([("Amplitude", "f4"), ("n", "i2")]))
-    np.void((nan, 0), dtype=[('Amplitude', '<f4'), ('n', '<i2')])
-    """
-    if dtype.names is None:
-        return np.nan if dtype.kind in "fc" else 0
-    fill = np.zeros((), dtype)
-    for name in dtype.names:
-        fill[name] = _fill_value(dtype.fields[name][0])
-    return fill[()]
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -482,146 +389,5 @@ def _prefix(done: np.ndarray, start: int) -> int:
     return int(done.size) if rest.size == 0 or rest[first] else start + first
 
 
-def _pos_dims(shape: ResultShape) -> list[Dimension]:
-    return [_dimension(shape, d, n) for d, n in zip(shape.pos_dims, shape.pos_shape)]
-
-
-def _spec_dims(shape: ResultShape, out: Output) -> list[Dimension]:
-    dims = [_dimension(shape, d, n) for d, n in zip(shape.extra_dims, shape.extra_shape)]
-    dims += [Dimension(str(d), "", n) for d, n in zip(out.dims, out.shape)]
-    return dims or [Dimension("Value", "", 1)]
-
-
-def _dimension(shape: ResultShape, dim, size: int) -> Dimension:
-    coord = shape.coords.get(dim)
-    if coord is not None and coord.dims == (dim,) and coord.dtype.kind in "biuf":
-        return Dimension(str(dim), str(coord.attrs.get("units", "")), np.asarray(coord.values))
-    return Dimension(str(dim), "", size)
-
-
-def _plain(value):
-    """A parameter as pyUSID would store it as an attribute, or None when HDF5 cannot hold it."""
-    if isinstance(value, (bool, np.bool_, int, float, complex, str, np.number)):
-        return value
-    if isinstance(value, (list, tuple, np.ndarray)):
-        arr = np.asarray(value)
-        if arr.dtype.kind in "biufc" and arr.nbytes <= 32 * 1024:
-            return arr
-        if arr.dtype.kind == "U" and arr.ndim == 1:
-            return np.array([s.encode() for s in arr], dtype="S")
-    return None
-
-
 def _text(value):
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _remove_stale_new_files(path: str) -> None:
-    """Remove the temporary files of new targets whose creating process is dead.
-
-    A run killed before it linked its new file into place leaves the only
-    copy; one killed between linking and removing leaves a second name of
-    the target itself. Either way nothing else refers to it.
-    """
-    for stale in glob.glob(glob.escape(path) + ".*" + _NEW_FILE_SUFFIX):
-        pid = stale[len(path) + 1 : -len(_NEW_FILE_SUFFIX)]
-        if pid.isdigit() and not _alive(int(pid)):
-            with suppress(FileNotFoundError):  # another process removed it first
-                os.remove(stale)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _check_writable(path: str, in_file: bool) -> None:
-    target = path if os.path.exists(path) else os.path.dirname(path) or "."
-    if not os.access(target, os.W_OK):
-        hint = (
-            "results go into the source file by default; pass store='results.h5' (another HDF5 file) "
-            "or store='results.zarr'"
-            if in_file
-            else "choose a writable location for store="
-        )
-        raise ReadOnlyStoreError(f"cannot write results into {path}: it is read-only. {hint}")
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """Whether an h5py error is the file system's ENOSPC (h5py raises OSError or RuntimeError for it)."""
-    text = str(exc)
-    return (
-        getattr(exc, "errno", None) == errno.ENOSPC
-        or "errno = 28," in text
-        or "No space left on device" in text
-    )
-
-
-def _unbuffered(path: str) -> h5py.File:
-    """``h5py.File(path, "r+")`` holding no raw data back: no chunk cache, no sieve buffer.
-
-    Every write of values then reaches the file system during the write
-    call, so a full disk fails that write (an error lazyusid translates),
-    never a later flush or close with dirty chunks that HDF5 can neither
-    write nor drop: measured with h5py on a full tmpfs, that leaves
-    ``Can't decrement id ref count`` and a segfault when the interpreter
-    exits, whatever the order of closing. Blocks are written whole, a
-    chunk or more at a time, so the cache saved nothing.
-    """
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # as h5py.File does
-    mdc, slots, _, w0 = fapl.get_cache()
-    fapl.set_cache(mdc, slots, 0, w0)
-    fapl.set_sieve_buf_size(0)
-    return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
-
-
-@contextmanager
-def _opened(path: str, mode: str, *, unbuffered: bool = False):
-    """``h5py.File`` with errors that say what is wrong with the target and what to do.
-
-    ``unbuffered`` (mode ``r+`` only): see :func:`_unbuffered`. After an
-    error the file is closed quietly: what closing it fails on (a full
-    disk) must not hide the error that stopped the work.
-    """
-    try:
-        f = _unbuffered(path) if unbuffered else h5py.File(path, mode)
-    except OSError as exc:
-        text = str(exc)
-        raise_if_locked(
-            exc,
-            f"{path} is open in another process (HDF5 file lock): another computation may be writing "
-            "results into it, or a program holds it open. Wait for it to finish, or choose another store.",
-        )
-        if "already open for read-only" in text:
-            raise StoreBusyError(
-                f"{path} is open read-only in this process (an h5py.File you opened?); close it before "
-                "lazyusid writes results into it."
-            ) from exc
-        if isinstance(exc, PermissionError) or "Permission denied" in text:
-            raise ReadOnlyStoreError(f"cannot open {path} for writing: permission denied") from exc
-        if not h5py.is_hdf5(path):
-            raise StoreConflictError(
-                f"{path} exists and is not an HDF5 file; lazyusid will not overwrite it. Choose another store."
-            ) from exc
-        raise
-    try:
-        yield f
-    except BaseException:
-        with suppress(OSError, RuntimeError):
-            f.close()
-        raise
-    try:
-        f.close()
-    except (OSError, RuntimeError) as exc:
-        if not _is_disk_full(exc):
-            raise
-        raise DiskFullError(
-            f"No space left on device while closing {path}; the positions flagged in it are saved; "
-            "free space and run again to resume"
-        ) from exc

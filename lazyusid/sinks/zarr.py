@@ -30,8 +30,9 @@ import zarr
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..identity import to_json
 from ..write import bookkeeping_attrs
-from .base import MARKERS, Found, ResultShape, Sink, boxes
-from .hdf5 import _alive
+from .base import MARKERS, Found, ResultShape, Sink, boxes, check_result_names
+from .hdf5_file import alive
+from .zarr_checks import check_names, check_skeleton, metadata_problems
 
 _NEW_SUFFIX = ".lazyusid-partial"
 
@@ -73,8 +74,29 @@ class ZarrSink(Sink):
                 f"{self.path} holds {what}; lazyusid never overwrites it. Choose another store path, "
                 "or delete it yourself."
             )
+        if self._problems():  # resumed (or rebuilt) by prepare, never returned as it is
+            return [Found("/", 0, False)]
         done = int(attrs.get("last_pixel", 0))
         return [Found("/", done, done >= self.shape.n_rows)]
+
+    def _problems(self) -> list[str]:
+        return metadata_problems(zarr.open_group(self.path, mode="r", zarr_format=3), self.shape)
+
+    def check(self, token: str, identity: dict, params: dict) -> None:
+        """Refuse what cannot be stored here before anything is written: names, dtypes, permissions.
+
+        The store's skeleton is first written into memory
+        (:func:`~.zarr_checks.check_skeleton`).
+        """
+        check_result_names(self.shape, self.where)
+        check_names(self.shape, self.where)
+        self._check_writable()
+        check_skeleton(lambda: self._skeleton(token, identity), self.where)
+
+    def _check_writable(self) -> None:
+        target = self.path if os.path.exists(self.path) else os.path.dirname(self.path) or "."
+        if not os.access(target, os.W_OK):
+            raise ReadOnlyStoreError(f"cannot write results into {self.path}: {target} is read-only")
 
     def _attrs(self) -> dict:
         try:
@@ -88,9 +110,7 @@ class ZarrSink(Sink):
     @contextmanager
     def writing(self):
         """Create the store if needed and hold its lock while the block runs."""
-        target = self.path if os.path.exists(self.path) else os.path.dirname(self.path) or "."
-        if not os.access(target, os.W_OK):
-            raise ReadOnlyStoreError(f"cannot write results into {self.path}: {target} is read-only")
+        self._check_writable()
         self._fd = _lock(self.path) if os.path.exists(self.path) else None
         try:
             yield self
@@ -100,9 +120,11 @@ class ZarrSink(Sink):
                 self._fd = None
 
     def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
-        if resume is None and not os.path.exists(self.path):
+        if not os.path.exists(self.path):
             self._create(token, identity)
             self._fd = _lock(self.path)
+        elif self._problems():
+            self._rebuild(token, identity, override=resume is None)
         for stale in glob.glob(os.path.join(glob.escape(self.path), "**", "*.partial"), recursive=True):
             os.remove(stale)  # a chunk a killed run was writing: its flag was never set
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
@@ -131,13 +153,36 @@ class ZarrSink(Sink):
         """Rows flagged as computed."""
         return int(self._done.sum())
 
-    def _create(self, token: str, identity: dict) -> None:
+    def _rebuild(self, token: str, identity: dict, *, override: bool) -> None:
+        """Replace a store of this computation whose metadata is not lazyusid's, if nothing in it is flagged.
+
+        With ``override`` (compute everything again) it is replaced whatever
+        it holds; otherwise a store with flagged rows, or flags that cannot be
+        read, is refused: lazyusid does not delete finished work unasked.
+        """
+        problems = self._problems()
+        flagged = _flagged(self.path, self.shape)
+        if not override and flagged != 0:
+            held = (
+                "flags lazyusid cannot read"
+                if flagged is None
+                else f"{flagged} positions flagged as computed"
+            )
+            raise StoreConflictError(
+                f"{self.path} holds this computation, but not as lazyusid writes it ({'; '.join(problems)}), "
+                f"and {held}; lazyusid writes into it no more. Pass override=True to compute everything again "
+                "into a rebuilt store, or delete the store (or choose another store path)."
+            )
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        shutil.rmtree(self.path)
+        self._create(token, identity)
+        self._fd = _lock(self.path)
+
+    def _skeleton(self, token: str, identity: dict) -> tuple[xr.Dataset, dict]:
+        """The store as an xarray Dataset of lazy zeros, and its encoding: what :meth:`_create` writes."""
         shape = self.shape
-        for stale in glob.glob(glob.escape(self.path) + ".*" + _NEW_SUFFIX):
-            pid = stale[len(self.path) + 1 : -len(_NEW_SUFFIX)]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp = f"{self.path}.{os.getpid()}{_NEW_SUFFIX}"
         pos_chunks = _chunks(shape.pos_shape, shape.rows_per_block)
         data_vars = {}
         for o in shape.outputs:
@@ -162,9 +207,22 @@ class ZarrSink(Sink):
         ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
         encoding = {o.name: {"fill_value": np.nan} for o in shape.outputs if o.dtype.kind in "fc"}
         encoding[MARKERS] = {"fill_value": 0}
-        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
-        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        group.attrs["lazyusid_token"] = token  # last: a store is found only once it is whole
+        return ds, encoding
+
+    def _create(self, token: str, identity: dict) -> None:
+        for stale in glob.glob(glob.escape(self.path) + ".*" + _NEW_SUFFIX):
+            pid = stale[len(self.path) + 1 : -len(_NEW_SUFFIX)]
+            if pid.isdigit() and not alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = f"{self.path}.{os.getpid()}{_NEW_SUFFIX}"
+        ds, encoding = self._skeleton(token, identity)
+        try:
+            ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+            group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+            group.attrs["lazyusid_token"] = token  # last: a store is found only once it is whole
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             os.rename(tmp, self.path)
         except OSError:  # another process made it first
@@ -172,7 +230,17 @@ class ZarrSink(Sink):
             raise StoreBusyError(f"{self.path} was created by another process meanwhile; try again") from None
 
     def finished(self, r0: int, r1: int, outs=None) -> None:
-        """Flag rows ``r0:r1``, whose values their task has written (data, then flags)."""
+        """Flag rows ``r0:r1``, whose values their task has written (data, then flags).
+
+        Unless the store was deleted meanwhile: flags written then would
+        recreate a store of flags and attributes without its arrays.
+        """
+        gone = _missing_metadata(self.path, [MARKERS])
+        if gone:
+            raise StoreConflictError(
+                f"{self.path} was deleted (its {gone} is gone) while lazyusid computed into it; nothing more is "
+                "written into it. Run the same call again to compute into a new store."
+            )
         for index, _, _ in boxes(r0, r1, self.shape.pos_shape):
             self._markers[index] = np.ones(tuple(s.stop - s.start for s in index), np.uint8)
         self._done[r0:r1] = 1
@@ -206,6 +274,12 @@ class ZarrRegion:
     def __call__(self, a: int, b: int, outs) -> None:
         shape = self.shape
         r0, r1 = a // self.n_extra, b // self.n_extra
+        gone = _missing_metadata(self.path, [o.name for o in shape.outputs])
+        if gone:  # a chunk written now would recreate a store without metadata
+            raise StoreConflictError(
+                f"cannot store positions {a}:{b} in {self.path}: its {gone} is gone (the store was deleted, "
+                "or changed, while lazyusid computed into it); nothing was written. Run the same call again."
+            )
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         for o, values in zip(shape.outputs, outs):
             arr = group[o.name]
@@ -213,6 +287,26 @@ class ZarrRegion:
             for index, i, j in boxes(r0, r1, shape.pos_shape):
                 box = tuple(s.stop - s.start for s in index)
                 arr[index] = values[i - r0 : j - r0].reshape(box + values.shape[1:])
+
+
+def _missing_metadata(path: str, arrays) -> str | None:
+    """The first metadata document (``zarr.json``) of the store or of one of ``arrays`` that is missing."""
+    for where in ("", *arrays):
+        if not os.path.isfile(os.path.join(path, where, "zarr.json")):
+            return f"metadata {os.path.join(where, 'zarr.json')!r}"
+    return None
+
+
+def _flagged(path: str, shape: ResultShape) -> int | None:
+    """Rows flagged in the store's ``completed_positions``, or None when they cannot be read as lazyusid's."""
+    try:
+        markers = zarr.open_group(path, mode="r", zarr_format=3)[MARKERS]
+        flags = np.asarray(markers[...])
+    except Exception:  # no metadata, or unreadable chunks: nothing known
+        return None
+    if flags.shape != shape.pos_shape or flags.dtype != np.uint8:
+        return None
+    return int(np.count_nonzero(flags))
 
 
 def _chunk_rows(pos_shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[int]:
