@@ -11,13 +11,13 @@ silent cast.
 
 from __future__ import annotations
 
-import functools
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .casting import VERDICTS, Unfit, fit, value_text
 from .errors import OutputDtypeError, SpectralFunctionError
 
 #: units of an output that declares none: arbitrary units, as pyUSID writes them
@@ -136,10 +136,10 @@ class SpectralFunction:
                     part = np.asarray(part)
                     if part.shape != out.shape:
                         raise ValueError(f"output {o.name!r} has shape {part.shape}, expected {out.shape}")
-                    if _VERDICTS.get((part.dtype, o.dtype)) is not True:
-                        _fit(part, o, rows=True)
+                    if VERDICTS.get((part.dtype, o.dtype)) is not True:
+                        fit(part, o, rows=True)
                     out[...] = part
-            except _Unfit as unfit:
+            except Unfit as unfit:
                 at = first + unfit.row if unfit.row is not None else first
                 stop = None if unfit.row is not None else first + n
                 raise self._unfit_error(unfit, at, stop, loop_shape, loop_dims) from None
@@ -148,7 +148,7 @@ class SpectralFunction:
             return outs
         params = self.params
         func = self.func
-        verdicts = _VERDICTS
+        verdicts = VERDICTS
         for i in range(n):
             try:
                 parts = self.split(func(block[i], **params))
@@ -160,15 +160,15 @@ class SpectralFunction:
                     dtype = getattr(part, "dtype", None)
                     fits = verdicts.get((type(part) if dtype is None else dtype, o.dtype))
                     if fits is not True and not (fits.__class__ is range and part in fits):
-                        part = _fit(part, o)
+                        part = fit(part, o)
                     out[i] = part
-            except _Unfit as unfit:
+            except Unfit as unfit:
                 raise self._unfit_error(unfit, first + i, None, loop_shape, loop_dims) from None
             except Exception as exc:
                 raise self._error(exc, first + i, None, loop_shape, loop_dims) from exc
         return outs
 
-    def _unfit_error(self, unfit: _Unfit, start, stop, loop_shape, loop_dims) -> OutputDtypeError:
+    def _unfit_error(self, unfit: Unfit, start, stop, loop_shape, loop_dims) -> OutputDtypeError:
         where, coords = _where(start, stop, loop_shape, loop_dims)
         o = unfit.output
         origin = (
@@ -289,128 +289,23 @@ def infer_outputs(
         if np.dtype(dtype).kind in "OUS":
             raise OutputDtypeError(
                 f"output {output!r} has dtype {np.dtype(dtype)}; return numbers (or declare a numeric dtype). "
-                f"{name} returned {_value_text(value)} at {where}.",
+                f"{name} returned {value_text(value)} at {where}.",
                 position=position,
                 coords=coords,
             )
         result_outputs.append(Output(output, shape, dtype, dims, units, inferred_at=inferred_at))
-    return tuple(result_outputs), single
-
-
-# ---------------------------------------------------------------------------
-# does a value fit its output's dtype?
-
-#: (value dtype, or Python type of a value without one; output dtype) → True when the value always
-#: fits, a ``range`` a Python int must be in; other verdicts ("range": NumPy integers checked by
-#: value, "convert", "refuse") take the slow path of _fit
-_VERDICTS: dict = {}
-_PYTHON_DTYPES = {bool: np.dtype(bool), float: np.dtype(float), complex: np.dtype(complex)}
-
-
-class _Unfit(Exception):
-    """A value an output cannot hold: what came, the dtype that would hold it, and the row (vectorised)."""
-
-    def __init__(self, output: Output, value, what: str, suggest, row: int | None = None):
-        super().__init__(what)
-        self.output, self.value, self.what, self.suggest, self.row = output, value, what, suggest, row
-
-
-def _judge(value, out: np.dtype):
-    """The verdict for ``value`` into ``out``: True (fits), "range" (integers: by value), "convert", "refuse"."""
-    if value is None or isinstance(value, (str, bytes)):
-        return "refuse"
-    if out.fields is not None:  # a compound output: NumPy assigns (and checks) field by field
-        return True
-    dtype = getattr(value, "dtype", None)
-    if not isinstance(dtype, np.dtype):
-        if isinstance(value, int) and not isinstance(value, bool):  # any size: checked by value,
-            if out.kind in "iu" and type(value) is int:  # in the loop: `value in range(...)`, O(1)
-                return range(int(_bounds(out).min), int(_bounds(out).max) + 1)
-            if out.kind in "iu":  # an int subclass: `in range` would iterate
-                return "range"
-            return True if out.kind in "fc" else "refuse"
-        dtype = next((d for t, d in _PYTHON_DTYPES.items() if isinstance(value, t)), None)
-        if dtype is None:
-            return "convert"  # a list, a tuple: as an array, then judged by its dtype
-    if np.can_cast(dtype, out, "safe"):
-        return True
-    if dtype.kind in "iu" and out.kind in "iu":
-        return "range"
-    if out.kind not in "iub" and np.can_cast(dtype, out, "same_kind"):
-        return True  # float64 into float32: rounding to the declared precision is asked for
-    return "refuse"
-
-
-def _fit(value, output: Output, *, rows: bool = False):
-    """``value`` ready to store in ``output`` (lists as arrays), or :class:`_Unfit`.
-
-    ``rows``: ``value`` holds a block (positions first); an integer out of
-    range names its row.
-    """
-    out = output.dtype
-    dtype = getattr(value, "dtype", None)
-    key = (type(value) if dtype is None else dtype, out)
-    try:
-        verdict = _VERDICTS.get(key)
-    except TypeError:  # a foreign, unhashable dtype
-        verdict, key = None, None
-    if verdict is None:
-        verdict = _judge(value, out)
-        if key is not None:  # a verdict depends on the key only: values are checked below
-            _VERDICTS[key] = verdict
-    if verdict is True:
-        return value
-    if verdict == "convert":
-        return _fit(np.asarray(value), output, rows=rows)
-    if verdict == "range" or isinstance(verdict, range):
-        info = _bounds(out)
-        if isinstance(value, (int, np.integer)):  # a scalar: compared as a Python int, exactly
-            if info.min <= int(value) <= info.max:
-                return value
-            bad, row = int(value), None
-            kind = "an int" if isinstance(value, int) else _article(value.dtype)
-            what = f"{kind} ({bad!r}), outside the range of {out} ({info.min} to {info.max})"
-        else:
-            arr = np.asarray(value)
-            outside = (arr < info.min) | (arr > info.max)
-            if not outside.any():
-                return value
-            flat = int(np.argmax(outside.reshape(-1)))
-            bad = arr.reshape(-1)[flat].item()
-            row = int(np.unravel_index(flat, arr.shape)[0]) if rows and arr.ndim else None
-            what = f"{_article(arr.dtype)} ({bad!r}), outside the range of {out} ({info.min} to {info.max})"
-        holds = next((d for d in ("int64", "uint64") if np.iinfo(d).min <= bad <= np.iinfo(d).max), "float64")
-        raise _Unfit(output, bad, what, np.dtype(holds), row)
-    if value is None:
-        raise _Unfit(output, None, "None", None)
-    if isinstance(value, (str, bytes)) or (isinstance(dtype, np.dtype) and dtype.kind in "OUSV"):
-        what = f"a {type(value).__name__} ({_value_text(value)})"
-        raise _Unfit(output, value, what, None)
-    vdtype = _PYTHON_DTYPES.get(type(value), dtype)
-    what = f"{_article(vdtype)} ({_value_text(value)})"
-    try:
-        suggest = np.result_type(vdtype, out)
-    except TypeError:
-        suggest = None
-    raise _Unfit(output, value, what, suggest)
-
-
-@functools.cache
-def _bounds(dtype: np.dtype) -> np.iinfo:
-    return np.iinfo(dtype)
-
-
-def _article(dtype: np.dtype) -> str:
-    name = str(dtype)
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def _value_text(value) -> str:
-    if isinstance(value, np.ndarray) and value.ndim:
-        return np.array2string(value, threshold=6, edgeitems=2)
-    if isinstance(value, np.ndarray | np.generic):
-        return repr(value.item())
-    return repr(value)
+    outs = tuple(result_outputs)
+    for value, o in zip(
+        values, outs
+    ):  # a declared dtype must hold the first value too: refused before any write
+        try:
+            fit(value, o, rows=vectorized)
+        except Unfit as unfit:
+            checked = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
+            error = checked._unfit_error(unfit, position, None, (), ())
+            error.coords = dict(coords or {})
+            raise error from None
+    return outs, single
 
 
 def _declaration(outputs: tuple[Output, ...], fixed: Output, dtype: np.dtype) -> str:

@@ -500,3 +500,11 @@ def test_int_subclasses_are_checked_by_value_without_iterating_a_range():
     narrow = SpectralFunction(level, {}, (Output("level", (), "int32"),))
     with pytest.raises(OutputDtypeError, match=r"position 2: .*outside the range of int32"):
         narrow.evaluate(BLOCK)
+
+
+def test_a_declared_dtype_the_first_value_does_not_fit_is_refused_before_anything_is_written(tmp_path):
+    target = tmp_path / "results.h5"
+    data = np.linspace(0.5, 2.0, 24).reshape(6, 4)
+    with pytest.raises(OutputDtypeError, match=r"output 'v' is uint64, declared.*outputs=\{'v': 'float64'\}"):
+        lazyusid.map_spectra(data, lambda s: s.mean(), core_dims=1, outputs={"v": "u8"}, store=target)
+    assert not target.exists()

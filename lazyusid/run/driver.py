@@ -107,9 +107,12 @@ def _run_distributed(smap, tasks, by_key, finished) -> None:
                 continue
             finished(future.key, result)
             future.release()
-    except BaseException:
+    except KeyboardInterrupt:
         _cancel(client, futures)
         forget(smap.scheduler)  # Ctrl-C in a terminal reaches the worker processes too
+        raise
+    except BaseException:  # the sink refused a block: nothing wrong with the workers
+        _cancel(client, futures)
         raise
     if error is not None:
         _cancel(client, futures)
