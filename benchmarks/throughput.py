@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 import lazyusid
-from lazyusid.plan import MAX_BLOCK_INPUT_BYTES
+from lazyusid.core.plan import MAX_BLOCK_INPUT_BYTES
 
 from .common import MAIN, Config, Row, be_file, fmt_ratio, fmt_s, fresh_copy, median_spread, timed, warm
 from .functions import abs_max_block

@@ -14,7 +14,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from . import accessor, datasets
 from .compute import apply_at, map_spectra, plan_spectra
-from .dimension import Dimension
+from .core.function import Output
+from .core.plan import BlockPlan, parse_budget
 from .errors import (
     BudgetError,
     DatasetSelectionError,
@@ -28,14 +29,13 @@ from .errors import (
     StoreConflictError,
     WorkerCrashedError,
 )
-from .files import list_main, tree
-from .function import Output
-from .layout import is_main, read_layout, validate_main
-from .open import open_usid
-from .plan import BlockPlan, parse_budget
+from .io.open import open_usid
 from .process import Process
 from .run.schedulers import shutdown
-from .write import write_main
+from .usid.dimension import Dimension
+from .usid.files import list_main, tree
+from .usid.layout import is_main, read_layout, validate_main
+from .usid.write import write_main
 
 __all__ = [
     "BlockPlan",

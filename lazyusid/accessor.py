@@ -18,7 +18,7 @@ from collections.abc import Callable
 import xarray as xr
 
 from .compute import apply_at, map_spectra, plan_spectra
-from .files import list_main, tree
+from .usid.files import list_main, tree
 
 
 class TextBlock(str):

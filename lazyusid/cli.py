@@ -10,7 +10,7 @@ import time
 import h5py
 
 from .errors import LazyUSIDError
-from .files import printable
+from .usid.files import printable
 
 
 def say(text: str = "", *, file=None) -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return run_demo(args)
         if args.command == "tree":
-            from .files import tree
+            from .usid.files import tree
 
             for line in tree(args.file).split("\n"):  # tree() escapes names: only its own newlines are left
                 say(line)
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_info(args) -> int:
-    from .files import list_main, no_main_message, open_file
-    from .open import open_usid
+    from .io.open import open_usid
+    from .usid.files import list_main, no_main_message, open_file
 
     with open_file(args.file):
         pass  # clear errors for missing / non-HDF5 files
@@ -123,7 +123,7 @@ def run_demo(args) -> int:
 
     from .compute import apply_at, map_spectra
     from .datasets import make_be_pfm
-    from .open import open_usid
+    from .io.open import open_usid
     from .tutorial import PEAK_WIDTHS, peak_amplitude
 
     try:

@@ -20,12 +20,12 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .function import OutputsLike, SpectralFunction, infer_outputs
+from .core.function import OutputsLike, SpectralFunction, infer_outputs
+from .core.plan import BlockPlan, BudgetLike, plan_blocks
 from .graph import SpectralMap, flat_reader
-from .layout import read_layout
-from .plan import BlockPlan, BudgetLike, plan_blocks
-from .rows import row_reader
+from .io.rows import row_reader
 from .run.schedulers import choose_scheduler
+from .usid.layout import read_layout
 
 #: documented once, shared by :func:`map_spectra` and :func:`plan_spectra`
 _ENGINE_DOC = """

@@ -24,9 +24,9 @@ import xarray as xr
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
-from .function import SpectralFunction
-from .plan import BlockPlan
-from .rows import RowReader
+from .core.function import SpectralFunction
+from .core.plan import BlockPlan
+from .io.rows import RowReader
 from .run.schedulers import Scheduler
 
 #: prefix of the keys of block tasks (the progress bar counts them)
@@ -120,7 +120,7 @@ class SpectralMap:
 
     @cached_property
     def token(self) -> str:
-        """Names this computation's tasks (not its stored identity: see :mod:`lazyusid.identity`)."""
+        """Names this computation's tasks (not its stored identity: see :mod:`lazyusid.core.identity`)."""
         source = self.reader if self.reader is not None else _input_name(self.data)
         try:
             fn = dask.base.tokenize(

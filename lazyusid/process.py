@@ -28,8 +28,8 @@ import h5py
 import xarray as xr
 
 from .compute import apply_at, as_dataarray, map_spectra, prepare_map, untouched_source
-from .function import OutputsLike
-from .open import open_usid
+from .core.function import OutputsLike
+from .io.open import open_usid
 from .sinks import order_for_store, prepare_store, target_file
 
 

@@ -42,8 +42,8 @@ import numpy as np
 import pytest
 
 import lazyusid
-import lazyusid.open
-import lazyusid.rows
+import lazyusid.io.open
+import lazyusid.io.rows
 from lazyusid import Dimension
 
 MAIN_GROUP = "Measurement_000/Channel_000"
@@ -265,8 +265,8 @@ def rows_read(monkeypatch):
     """Record every ``(start, stop)`` of rows our readers read (``H5Source`` of dask reads, ``RowReader`` of
     block tasks; h5py untouched), in this process."""
     calls = []
-    original = lazyusid.open.H5Source.read_rows
-    direct = lazyusid.rows.RowReader.__call__
+    original = lazyusid.io.open.H5Source.read_rows
+    direct = lazyusid.io.rows.RowReader.__call__
 
     def read_rows(self, start, stop):
         calls.append((start, stop))
@@ -276,6 +276,6 @@ def rows_read(monkeypatch):
         calls.append((start, stop))
         return direct(self, start, stop)
 
-    monkeypatch.setattr(lazyusid.open.H5Source, "read_rows", read_rows)
-    monkeypatch.setattr(lazyusid.rows.RowReader, "__call__", call)
+    monkeypatch.setattr(lazyusid.io.open.H5Source, "read_rows", read_rows)
+    monkeypatch.setattr(lazyusid.io.rows.RowReader, "__call__", call)
     return calls

@@ -94,7 +94,7 @@ def test_clashing_dimensions_raise(write_usid, other_pos):
 
 def test_engine_is_not_guessed(usid_file):
     # h5netcdf claims .h5 files too: the usid engine opens only when asked
-    from lazyusid.backend import USIDBackendEntrypoint
+    from lazyusid.io.backend import USIDBackendEntrypoint
 
     assert not USIDBackendEntrypoint().guess_can_open(usid_file.path)
     with h5py.File(usid_file.path) as f:

@@ -40,7 +40,7 @@ def hostile(tmp_path) -> str:
         results.attrs[f"name{EVIL}"] = 1
         results["completed_positions"] = np.ones(3, "u1")
         results.create_dataset(f"odd{EVIL}", data=np.zeros(2))
-        assert lazyusid.layout.is_main(main_dset)
+        assert lazyusid.usid.layout.is_main(main_dset)
     return str(path)
 
 
@@ -69,7 +69,7 @@ def test_errors_naming_things_in_the_file_are_escaped(hostile, capsys):
 
 
 def test_printable_keeps_unicode_and_escapes_controls():
-    from lazyusid.files import printable
+    from lazyusid.usid.files import printable
 
     assert printable("Y × X … µm ü 漢") == "Y × X … µm ü 漢"
     assert printable("a\nb\tc\x00\x7f\x85\x9f") == r"a\nb\tc\x00\x7f\x85\x9f"

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazyusid
-import lazyusid.open
+import lazyusid.io.open
 import lazyusid.run.schedulers
 from lazyusid import Dimension, Output
 from lazyusid.compute import prepare_map

@@ -16,6 +16,8 @@ import pytest
 
 import lazyusid
 import lazyusid.datasets
+import lazyusid.datasets.generate
+import lazyusid.datasets.models
 from lazyusid.datasets import (
     MAIN_DATASET,
     BEGroundTruth,
@@ -72,7 +74,7 @@ def test_sho_response_known_values_and_broadcasting():
 
 def test_polarisation_switches_at_plus_and_minus_vc():
     t = np.arange(400) / 400
-    v = 10 * lazyusid.datasets._triangle(t)
+    v = 10 * lazyusid.datasets.models.triangle(t)
     p = polarisation(v, 3.0, switching_width=0.05)
     rising = np.r_[True, np.diff(v) > 0]
     # rising branch switches up at +Vc, falling branch down at −Vc
@@ -198,7 +200,7 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
 def test_data_do_not_depend_on_the_block_size(tmp_path, monkeypatch, rows_per_block):
     reference = make_be_pfm(tmp_path / "ref.h5", seed=11, **SMALL)
     row_bytes = SMALL["n_x"] * 119 * 8
-    monkeypatch.setattr(lazyusid.datasets, "_BLOCK_BYTES", rows_per_block * row_bytes + row_bytes // 2)
+    monkeypatch.setattr(lazyusid.datasets.generate, "_BLOCK_BYTES", rows_per_block * row_bytes + row_bytes // 2)
     truth = make_be_pfm(tmp_path / "blocks.h5", seed=11, **SMALL)
     assert truth == reference
     np.testing.assert_array_equal(read_nd(tmp_path / "blocks.h5"), read_nd(tmp_path / "ref.h5"))
@@ -206,7 +208,7 @@ def test_data_do_not_depend_on_the_block_size(tmp_path, monkeypatch, rows_per_bl
 
 def test_beps_data_do_not_depend_on_the_block_size(tmp_path, monkeypatch):
     make_beps(tmp_path / "ref.h5", n_x=5, n_y=7, n_dc=8, n_freq=9)
-    monkeypatch.setattr(lazyusid.datasets, "_BLOCK_BYTES", 1)
+    monkeypatch.setattr(lazyusid.datasets.generate, "_BLOCK_BYTES", 1)
     make_beps(tmp_path / "rows.h5", n_x=5, n_y=7, n_dc=8, n_freq=9)
     np.testing.assert_array_equal(read_nd(tmp_path / "rows.h5"), read_nd(tmp_path / "ref.h5"))
 
@@ -321,7 +323,7 @@ def test_failed_generation_leaves_no_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(lazyusid.datasets, "_write_truth", broken)
+    monkeypatch.setattr(lazyusid.datasets.generate, "write_truth", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         make_be_pfm(tmp_path / "be.h5", **SMALL)
     assert os.listdir(tmp_path) == []

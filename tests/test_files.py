@@ -182,7 +182,7 @@ def test_tree_of_open_file_and_incomplete_positions(write_raw_usid):
 )
 def test_lock_errors_say_busy_or_how_to_turn_locking_off(message, busy):
     from lazyusid.errors import StoreBusyError
-    from lazyusid.files import raise_if_locked
+    from lazyusid.usid.files import raise_if_locked
 
     exc = OSError(message)
     if busy is None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import lazyusid
+from lazyusid.core.function import Output, SpectralFunction, infer_outputs
 from lazyusid.errors import OutputDtypeError
-from lazyusid.function import Output, SpectralFunction, infer_outputs
 
 SPECTRUM = np.linspace(1.0, 2.0, 7)
 BLOCK = np.stack([SPECTRUM + i for i in range(5)])  # 5 positions

@@ -18,9 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lazyusid
-from lazyusid.fingerprint import content_fingerprint, sampled_rows
-from lazyusid.function import Output, SpectralFunction
-from lazyusid.identity import (
+from lazyusid.core.function import Output, SpectralFunction
+from lazyusid.core.identity import (
     UnhashableParameterError,
     computation_token,
     digest,
@@ -28,6 +27,7 @@ from lazyusid.identity import (
     readable,
     to_json,
 )
+from lazyusid.io.fingerprint import content_fingerprint, sampled_rows
 
 # ---------------------------------------------------------------------------
 # strategies: the parameter values lazyusid promises to identify
@@ -225,8 +225,8 @@ REPORT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import idmod
-from lazyusid.function import Output, SpectralFunction
-from lazyusid.identity import computation_token, digest, function_identity
+from lazyusid.core.function import Output, SpectralFunction
+from lazyusid.core.identity import computation_token, digest, function_identity
 
 fn = SpectralFunction(idmod.fit, {"k": 2, "band": idmod.VALUES[11]}, (Output("amp", (), "f4"),))
 print(json.dumps({

@@ -353,7 +353,7 @@ def test_layout_analysis_reused_only_while_the_file_is_unchanged(usid_file):
 
 
 def test_layouts_remembered_through_own_writes_within_a_computation(usid_file):
-    from lazyusid.layout import remembering_layouts
+    from lazyusid.usid.layout import remembering_layouts
 
     with remembering_layouts():
         first = _pos_values(usid_file.path, usid_file.dataset)

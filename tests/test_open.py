@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 from conftest import random_data
 
-import lazyusid.open
+import lazyusid.io.open
 from lazyusid import Dimension, open_usid
 
 # --- files written by pyUSID --------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_graph_pickles_and_holds_no_h5py_objects(usid_file):
 
 
 def test_h5source_pickles(usid_file):
-    src = lazyusid.open.H5Source(usid_file.path, usid_file.dataset, (16, 24), (9,), np.float32)
+    src = lazyusid.io.open.H5Source(usid_file.path, usid_file.dataset, (16, 24), (9,), np.float32)
     clone = pickle.loads(pickle.dumps(src))
     np.testing.assert_array_equal(clone[2:4], usid_file.data[2:4])
     np.testing.assert_array_equal(clone[5, 3:7, ::2], usid_file.data[5, 3:7, ::2])
@@ -163,7 +163,7 @@ def test_h5source_pickles(usid_file):
     ids=["int", "negative-int", "strided", "empty", "list"],
 )
 def test_h5source_reads_only_the_rows_a_key_needs(usid_file, rows_read, key, expected_rows):
-    src = lazyusid.open.H5Source(usid_file.path, usid_file.dataset, (16, 24), (9,), np.float32)
+    src = lazyusid.io.open.H5Source(usid_file.path, usid_file.dataset, (16, 24), (9,), np.float32)
     np.testing.assert_array_equal(src[key], usid_file.data[key])
     assert rows_read == expected_rows
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazyusid
-from lazyusid.plan import BlockPlan, parse_budget, parse_cores, plan_blocks
+from lazyusid.core.plan import BlockPlan, parse_budget, parse_cores, plan_blocks
 
 # ---------------------------------------------------------------------------
 # parse_budget

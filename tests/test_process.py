@@ -25,8 +25,8 @@ import xarray as xr
 from scipy.signal import find_peaks_cwt
 
 import lazyusid
+from lazyusid.core.function import SpectralFunction
 from lazyusid.datasets import MAIN_DATASET, make_be_pfm
-from lazyusid.function import SpectralFunction
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 N_Y, N_X = 10, 12  # 120 positions of 119 frequencies (complex64)

@@ -1,4 +1,4 @@
-"""Row readers (lazyusid.rows): mapped, decoded from raw chunks, or h5py: same values as h5py, file never changed."""
+"""Row readers (lazyusid.io.rows): mapped, decoded from raw chunks, or h5py: same values as h5py, file never changed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import lazyusid
 from lazyusid import Dimension
-from lazyusid.rows import row_reader
+from lazyusid.io.rows import row_reader
 
 SHAPE = (37, 11)
 

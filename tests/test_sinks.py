@@ -25,13 +25,13 @@ import xarray as xr
 import zarr
 
 import lazyusid
+from lazyusid.core.identity import UnhashableParameterError
 from lazyusid.errors import (
     ReadOnlyStoreError,
     SpectralFunctionError,
     StoreBusyError,
     StoreConflictError,
 )
-from lazyusid.identity import UnhashableParameterError
 
 matplotlib.use("Agg")
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazyusid
-import lazyusid.write
+import lazyusid.usid.write
 from lazyusid import Dimension, open_usid, write_main
 
 POS_CASES = {
@@ -136,7 +136,7 @@ def test_dask_input_written_block_by_block(tmp_path, monkeypatch):
         chunks_per_compute.append(len(computed_chunks) - before)
         return out
 
-    monkeypatch.setattr(lazyusid.write, "_WRITE_BLOCK_BYTES", rows_per_block * n_spec * 4)
+    monkeypatch.setattr(lazyusid.usid.write, "_WRITE_BLOCK_BYTES", rows_per_block * n_spec * 4)
     with h5py.File(tmp_path / "dask.h5", "w") as f, dask.config.set(scheduler=counting_scheduler):
         write_main(
             f,
@@ -165,7 +165,7 @@ def test_small_write_blocks_give_the_same_bytes(tmp_path, monkeypatch):
     with h5py.File(tmp_path / "big.h5", "w") as f:
         write_main(f, da.from_array(data, chunks=(1, 2, 5, 6)), name="D", quantity="Q", units="V", **dims)
         big = f["D"][()]
-    monkeypatch.setattr(lazyusid.write, "_WRITE_BLOCK_BYTES", 1)  # one row at a time
+    monkeypatch.setattr(lazyusid.usid.write, "_WRITE_BLOCK_BYTES", 1)  # one row at a time
     with h5py.File(tmp_path / "small.h5", "w") as f:
         write_main(f, da.from_array(data, chunks=(1, 2, 5, 6)), name="D", quantity="Q", units="V", **dims)
         small = f["D"][()]

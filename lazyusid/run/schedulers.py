@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import dask
 
-from ..plan import parse_cores
+from ..core.plan import parse_cores
 
 #: per-spectrum jobs whose estimated run time is below this run in this thread
 INLINE_SECONDS = 1.0

@@ -3,7 +3,7 @@
 :func:`store_map` runs a planned :class:`~lazyusid.compute.SpectralMap` into
 a target and returns the stored result, opened lazily:
 
-1. the computation's token (:mod:`lazyusid.identity`) is looked up in the
+1. the computation's token (:mod:`lazyusid.core.identity`) is looked up in the
    target; a complete result with the same token is returned at once;
 2. otherwise the target is opened for writing (which locks it), a partial
    result with the same token is resumed or a new one created;
@@ -24,10 +24,10 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from ..fingerprint import content_fingerprint
-from ..identity import computation_token, digest
-from ..layout import read_layout, remembering_layouts
+from ..core.identity import computation_token, digest
+from ..io.fingerprint import content_fingerprint
 from ..run.driver import run_blocks, say_interrupted
+from ..usid.layout import read_layout, remembering_layouts
 from .base import ResultShape, Sink
 from .hdf5 import HDF5Sink
 from .hdf5_file import opened
@@ -209,7 +209,7 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
 
 
 def _record_fields(var: xr.Variable, out, record: str) -> dict[str, xr.Variable]:
-    """The fields of a stored record output, one float (or int) variable each, as :func:`~lazyusid.open.record_fields`.
+    """The fields of a stored record output, one float (or int) variable each, as :func:`~lazyusid.io.open.record_fields`.
 
     Each names the stored records by ``usid_record`` and its field by
     ``usid_field``, not by the source's ``usid_dataset``: a computation on
@@ -282,7 +282,7 @@ def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool, direct: bo
     computation on them (stable across sessions: reads are named by file,
     dataset, shape and dtype), and in-memory values by digest: such inputs
     never pass for the source itself. A file dataset also counts by its
-    content fingerprint (:func:`lazyusid.fingerprint.content_fingerprint`:
+    content fingerprint (:func:`lazyusid.io.fingerprint.content_fingerprint`:
     shape, dtype, layout and a sample of rows), so that a source rewritten
     in place computes anew.
     """

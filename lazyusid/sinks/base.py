@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from ..function import Output
+from ..core.function import Output
 
 #: name of the per-row checkpoint flags, as pyUSID names them
 MARKERS = "completed_positions"

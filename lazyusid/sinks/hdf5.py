@@ -29,8 +29,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
-from ..open import H5Source, lazy_reads
-from ..write import bookkeeping_attrs
+from ..io.open import H5Source, lazy_reads
+from ..usid.write import bookkeeping_attrs
 from .base import MARKERS, Found, ResultShape, Sink, check_result_names, todo_ranges
 from .hdf5_file import (
     NEW_FILE_SUFFIX,

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 import h5py
 
 from ..errors import DiskFullError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
-from ..files import raise_if_locked
+from ..usid.files import raise_if_locked
 
 #: suffix of a new target file while it is built, before it is linked into place
 NEW_FILE_SUFFIX = ".lazyusid-partial"

@@ -18,12 +18,12 @@ import os
 import h5py
 import numpy as np
 
-from ..dimension import Dimension
+from ..core.function import Output
+from ..core.identity import to_json
 from ..errors import StoreConflictError
-from ..files import unplain_storage
-from ..function import Output
-from ..identity import to_json
-from ..write import ANCILLARY_NAMES, bookkeeping_attrs, write_main
+from ..usid.dimension import Dimension
+from ..usid.files import unplain_storage
+from ..usid.write import ANCILLARY_NAMES, bookkeeping_attrs, write_main
 from .base import MARKERS, ResultShape
 from .hdf5_file import opened
 

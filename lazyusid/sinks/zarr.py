@@ -27,9 +27,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..core.identity import to_json
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
-from ..identity import to_json
-from ..write import bookkeeping_attrs
+from ..usid.write import bookkeeping_attrs
 from .base import MARKERS, Found, ResultShape, Sink, boxes, check_result_names
 from .hdf5_file import alive
 from .zarr_checks import check_names, check_skeleton, metadata_problems

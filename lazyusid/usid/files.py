@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
-from .errors import DatasetSelectionError, InvalidUSIDError, StoreBusyError
+from ..errors import DatasetSelectionError, InvalidUSIDError, StoreBusyError
 from .layout import is_main, read_layout
 from .write import ANCILLARY_NAMES
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from .errors import InvalidUSIDError
+from ..errors import InvalidUSIDError
 from .write import ANCILLARY_NAMES
 
 #: name of the flat dimension of a dataset whose dimensions do not tile

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psutil
 from dask.utils import format_bytes, parse_bytes
 
-from .errors import BudgetError
+from ..errors import BudgetError
 
 BudgetLike = int | float | str | None
 

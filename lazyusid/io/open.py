@@ -2,7 +2,7 @@
 
 Three layers, as in xarray's backends: :class:`H5Source` reads bytes (a file
 path and a dataset path, no h5py object, so a dask graph holding it pickles
-to worker processes); :mod:`lazyusid.layout` decodes the metadata;
+to worker processes); :mod:`lazyusid.usid.layout` decodes the metadata;
 :func:`open_usid` builds the user-facing :class:`xarray.DataArray`.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import xarray as xr
 from dask.utils import parse_bytes
 
-from .files import PathLike, open_file, raise_if_locked, select_main
-from .layout import FLAT_POSITION, Layout, read_layout
+from ..usid.files import PathLike, open_file, raise_if_locked, select_main
+from ..usid.layout import FLAT_POSITION, Layout, read_layout
 
 
 class H5Source:
@@ -55,7 +55,7 @@ class H5Source:
 
     def __dask_tokenize__(self):
         # no modification time: results written into the file must not rename a selection of its source
-        # (the identity of stored results covers content through a fingerprint, lazyusid.identity)
+        # (the identity of stored results covers content through a fingerprint, lazyusid.core.identity)
         return (type(self).__name__, self.path, self.dataset, self.shape, str(self.dtype))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 A float after an output inferred as integer, a complex value for a real
 output, an integer out of range, a string or ``None`` would otherwise be
 stored cast (or as NaN). :func:`fit` returns the value ready to store or
-raises :class:`Unfit`, which :mod:`lazyusid.function` turns into an error
+raises :class:`Unfit`, which :mod:`lazyusid.core.function` turns into an error
 naming the position and the fix.
 """
 

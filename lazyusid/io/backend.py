@@ -8,8 +8,8 @@ import warnings
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from .errors import DatasetSelectionError
-from .files import in_results_group, invalid_candidates, list_main, no_main_message
+from ..errors import DatasetSelectionError
+from ..usid.files import in_results_group, invalid_candidates, list_main, no_main_message
 from .open import open_usid
 
 

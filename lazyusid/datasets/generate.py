@@ -1,320 +1,22 @@
-"""Synthetic Band-Excitation (BE) data with a known ground truth.
-
-Two generators write realistic USID files, laid out like the files pyUSID's
-BE translators produce (main dataset ``/Measurement_000/Channel_000/Raw_Data``,
-complex64, quantity ``"Piezoresponse"`` in ``"V"``, position dimensions
-``Y`` (slow) then ``X`` (fast) in metres):
-
-- :func:`make_be_pfm`: BE piezoresponse force microscopy, one spectroscopic
-  dimension ``Frequency``;
-- :func:`make_beps`: BE switching spectroscopy, spectroscopic dimensions
-  ``DC_Offset`` (slow) × ``Frequency`` (fast), with a ferroelectric
-  hysteresis loop at every position.
-
-Every spectrum is a damped simple harmonic oscillator (:func:`sho_response`)
-whose amplitude, resonance frequency, quality factor and phase vary smoothly
-across the image, plus complex Gaussian noise. The maps are returned as a
-frozen :class:`BEGroundTruth` (or :class:`BEPSGroundTruth`) and also stored
-in the file under ``/Ground_Truth`` (plain datasets, not USID main datasets),
-from where :func:`load_ground_truth` reads them back.
-
-Files are streamed to disk a block of ``Y`` rows at a time, so their size is
-bounded by the disk, not by memory, and the data depend only on the seed:
-the noise of ``Y`` row ``j`` comes from ``numpy.random.default_rng([seed, 1, j])``
-and the maps from ``numpy.random.default_rng([seed, 0])``.
-"""
+"""The generators: BE-PFM and BEPS files streamed to disk a block of ``Y`` rows at a time."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import ClassVar
 
 import h5py
 import numpy as np
 
-from .dimension import Dimension
-from .errors import DatasetSelectionError
-from .files import PathLike, open_file
-from .write import write_main
-
-__all__ = [
-    "GROUND_TRUTH_GROUP",
-    "MAIN_DATASET",
-    "BEGroundTruth",
-    "BEPSGroundTruth",
-    "load_ground_truth",
-    "make_be_pfm",
-    "make_beps",
-    "polarisation",
-    "sho_response",
-]
-
-#: HDF5 path of the main dataset both generators write
-MAIN_DATASET = "/Measurement_000/Channel_000/Raw_Data"
-#: HDF5 group holding the ground-truth maps
-GROUND_TRUTH_GROUP = "/Ground_Truth"
+from ..usid.dimension import Dimension
+from ..usid.files import PathLike
+from ..usid.write import write_main
+from .models import triangle
+from .truth import MAIN_DATASET, BEGroundTruth, BEPSGroundTruth, write_truth
 
 # bytes of main data generated and written at once (whole Y rows; at least one row)
 _BLOCK_BYTES = 64 * 2**20
-
-_UNITS = {
-    "amplitude": "V",
-    "frequency": "Hz",
-    "quality_factor": "",
-    "phase": "rad",
-    "coercive_voltage": "V",
-    "frequencies": "Hz",
-    "dc_offsets": "V",
-}
-_DESCRIPTIONS = {
-    "amplitude": "SHO amplitude A (the response far below resonance; |R(w0)| = A*Q)",
-    "frequency": "SHO resonance frequency w0",
-    "quality_factor": "SHO quality factor Q",
-    "phase": "SHO phase",
-    "coercive_voltage": "coercive voltage Vc of the hysteresis loop",
-    "frequencies": "excitation frequencies (the Frequency dimension)",
-    "dc_offsets": "DC offset at each step (the DC_Offset dimension)",
-}
-
-
-def sho_response(freqs, amplitude, frequency, quality_factor, phase) -> np.ndarray:
-    """Complex response of a damped simple harmonic oscillator.
-
-    ``R(w) = A · w0² / (w² − w0² − i·w·w0/Q) · exp(i·φ)``, evaluated in
-    float64. At resonance ``R(w0) = i·A·Q·exp(i·φ)``; far below it
-    ``R → −A·exp(i·φ)``. Only the ratio ``w / w0`` enters, so any frequency
-    unit works as long as ``freqs`` and ``frequency`` share it.
-
-    Parameters
-    ----------
-    freqs : array-like, shape (n_freq,)
-        Frequencies ``w`` at which to evaluate the response.
-    amplitude, frequency, quality_factor, phase : array-like
-        ``A``, ``w0`` (> 0), ``Q`` (> 0) and ``φ`` (radians); scalars or
-        arrays that broadcast against each other.
-
-    Returns
-    -------
-    numpy.ndarray of complex128, shape ``(*broadcast shape of the parameters, n_freq)``
-
-    Examples
-    --------
-    >>> f = np.linspace(300e3, 350e3, 5)
-    >>> r = sho_response(f, 1e-3, 325e3, 100.0, 0.0)
-    >>> round(float(r[2].imag), 9)                          # on resonance: i·A·Q
-    0.1
-    >>> sho_response(f, np.ones((4, 3)), 325e3, 100.0, 0.0).shape
-    (4, 3, 5)
-    """
-    w = np.asarray(freqs, dtype=np.float64)
-    if w.ndim != 1:
-        raise ValueError(f"freqs must be a 1-D array of frequencies, got shape {w.shape}")
-    amp, w0, q, phi = (
-        np.asarray(p, dtype=np.float64)[..., None] for p in (amplitude, frequency, quality_factor, phase)
-    )
-    ratio = w / w0  # only w/w0 enters: w0²/(w² − w0² − i·w·w0/Q) = 1/(r² − 1 − i·r/Q)
-    denom = np.empty(ratio.shape, dtype=np.complex128)
-    denom.real = ratio * ratio - 1.0
-    denom.imag = -ratio / q
-    return amp * (np.cos(phi) + 1j * np.sin(phi)) / denom
-
-
-def polarisation(dc_offsets, coercive_voltage, *, switching_width: float = 1.0) -> np.ndarray:
-    """Ferroelectric polarisation along a DC waveform, following a hysteresis loop.
-
-    While the voltage rises, ``P = tanh((V − Vc) / width)`` (switching up
-    to +1 above ``+Vc``); while it falls, ``P = tanh((V + Vc) / width)``
-    (switching down to −1 below ``−Vc``). Whether step ``k`` rises or falls
-    is read from ``V[k] − V[k−1]``, cyclically (the waveform repeats; steps
-    with no change keep the previous direction). ``P`` stays in [−1, 1].
-
-    Parameters
-    ----------
-    dc_offsets : array-like, shape (n_dc,)
-        The DC voltage at each step, in the order it is applied.
-    coercive_voltage : array-like
-        ``Vc`` (positive, same units as ``dc_offsets``), e.g. a 2-D map.
-    switching_width : float
-        Voltage over which the polarisation switches (``width`` above).
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape ``(*coercive_voltage.shape, n_dc)``
-
-    Examples
-    --------
-    >>> v = np.array([0.0, 5.0, 10.0, 5.0, 0.0, -5.0, -10.0, -5.0])
-    >>> np.round(polarisation(v, 3.0, switching_width=0.5), 2)
-    array([-1.,  1.,  1.,  1.,  1., -1., -1., -1.])
-    """
-    v = np.asarray(dc_offsets, dtype=np.float64)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"dc_offsets must be a non-empty 1-D array, got shape {v.shape}")
-    if not switching_width > 0:
-        raise ValueError(f"switching_width must be positive, got {switching_width!r}")
-    step = np.sign(v - np.roll(v, 1))
-    nonzero = np.flatnonzero(step)
-    if nonzero.size == 0:
-        rising = np.ones(v.size, dtype=bool)
-    else:
-        # a step with no change keeps the direction of the last step that changed (cyclically)
-        last = np.maximum.accumulate(np.where(step != 0, np.arange(v.size), -1))
-        last[last < 0] = nonzero[-1]
-        rising = step[last] > 0
-    vc = np.asarray(coercive_voltage, dtype=np.float64)[..., None]
-    threshold = np.where(rising, vc, -vc)
-    return np.tanh((v - threshold) / switching_width)
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class BEGroundTruth:
-    """The parameters a BE-PFM file was generated from.
-
-    The four maps have shape ``(n_y, n_x)`` (float32, read-only); the data at
-    ``(y, x)`` are ``sho_response(frequencies, amplitude[y, x],
-    frequency[y, x], quality_factor[y, x], phase[y, x])`` plus complex
-    Gaussian noise of standard deviation ``noise_std``.
-
-    Attributes
-    ----------
-    amplitude : numpy.ndarray
-        SHO amplitude ``A`` in V (the response far below resonance; the
-        on-resonance amplitude is ``A · Q``).
-    frequency : numpy.ndarray
-        Resonance frequency ``w0`` in Hz.
-    quality_factor : numpy.ndarray
-        Quality factor ``Q`` (dimensionless).
-    phase : numpy.ndarray
-        Phase ``φ`` in radians.
-    frequencies : numpy.ndarray
-        The excitation frequencies in Hz (float64), the ``Frequency`` dimension.
-    noise : float
-        Relative noise level: ``noise_std / mean(A · Q)``.
-    noise_std : float
-        Standard deviation of the complex noise in V: ``E|n|² = noise_std²``,
-        the real and imaginary parts each having ``noise_std / √2``.
-    seed : int
-        Seed the file was generated from.
-    """
-
-    MAPS: ClassVar[tuple[str, ...]] = ("amplitude", "frequency", "quality_factor", "phase")
-
-    amplitude: np.ndarray
-    frequency: np.ndarray
-    quality_factor: np.ndarray
-    phase: np.ndarray
-    frequencies: np.ndarray
-    noise: float
-    noise_std: float
-    seed: int
-
-    def __post_init__(self) -> None:
-        shape = None
-        for name in self.MAPS:
-            value = np.array(getattr(self, name), dtype=np.float32, order="C")
-            if value.ndim != 2 or (shape is not None and value.shape != shape):
-                raise ValueError(
-                    f"{name} must be a 2-D (n_y, n_x) map like the others, got shape {value.shape}"
-                )
-            shape = value.shape
-            value.flags.writeable = False
-            object.__setattr__(self, name, value)
-        for name in ("frequencies", "dc_offsets"):
-            if hasattr(self, name):
-                value = np.array(getattr(self, name), dtype=np.float64)
-                value.flags.writeable = False
-                object.__setattr__(self, name, value)
-        object.__setattr__(self, "noise", float(self.noise))
-        object.__setattr__(self, "noise_std", float(self.noise_std))
-        object.__setattr__(self, "seed", int(self.seed))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(n_y, n_x)``: the shape of every map."""
-        return self.amplitude.shape
-
-    def model(self, rows: slice = slice(None)) -> np.ndarray:
-        """The noise-free data of the ``Y`` rows ``rows``, complex128.
-
-        Shape ``(n_rows, n_x, n_freq)`` (BEPS: ``(n_rows, n_x, n_dc, n_freq)``):
-        the N-D data of the file without noise, computed one row at a time.
-        """
-        js = range(*rows.indices(self.shape[0]))
-        out = np.empty((len(js), self.shape[1], *self._spec_shape), dtype=np.complex128)
-        for i, j in enumerate(js):
-            out[i] = self._model_row(j)
-        return out
-
-    @property
-    def _spec_shape(self) -> tuple[int, ...]:
-        return (self.frequencies.size,)
-
-    def _model_row(self, j: int) -> np.ndarray:
-        return sho_response(
-            self.frequencies, self.amplitude[j], self.frequency[j], self.quality_factor[j], self.phase[j]
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
-
-    __hash__ = None  # type: ignore[assignment]  # holds arrays: equal values, no hash
-
-    def __repr__(self) -> str:
-        n_y, n_x = self.shape
-        spec = " × ".join(str(n) for n in self._spec_shape)
-        return (
-            f"{type(self).__name__}(n_y={n_y}, n_x={n_x}, spectrum={spec}, "
-            f"noise={self.noise:g}, noise_std={self.noise_std:.3g} V, seed={self.seed})"
-        )
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class BEPSGroundTruth(BEGroundTruth):
-    """The parameters a BEPS file was generated from.
-
-    As :class:`BEGroundTruth`, plus a ``coercive_voltage`` map (V). The data
-    at ``(y, x, k)`` are ``polarisation(dc_offsets, coercive_voltage[y, x],
-    switching_width=switching_width)[k]`` times the SHO response at
-    ``(y, x)``, plus noise.
-
-    Attributes
-    ----------
-    coercive_voltage : numpy.ndarray
-        Coercive voltage ``Vc`` in V, shape ``(n_y, n_x)``.
-    dc_offsets : numpy.ndarray
-        The DC offset at each step in V (float64), the ``DC_Offset`` dimension.
-    switching_width : float
-        Voltage width in V of the tanh switching of the polarisation.
-    """
-
-    MAPS: ClassVar[tuple[str, ...]] = (*BEGroundTruth.MAPS, "coercive_voltage")
-
-    coercive_voltage: np.ndarray
-    dc_offsets: np.ndarray
-    switching_width: float
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "switching_width", float(self.switching_width))
-
-    def polarisation(self, rows: slice = slice(None)) -> np.ndarray:
-        """Polarisation of the ``Y`` rows ``rows`` at every DC step, shape ``(n_rows, n_x, n_dc)``."""
-        return polarisation(
-            self.dc_offsets, self.coercive_voltage[rows], switching_width=self.switching_width
-        )
-
-    @property
-    def _spec_shape(self) -> tuple[int, ...]:
-        return (self.dc_offsets.size, self.frequencies.size)
-
-    def _model_row(self, j: int) -> np.ndarray:
-        loop = polarisation(self.dc_offsets, self.coercive_voltage[j], switching_width=self.switching_width)
-        return loop[:, :, None] * super()._model_row(j)[:, None, :]
 
 
 def make_be_pfm(
@@ -492,7 +194,7 @@ def make_beps(
     ranges = _sho_ranges(f_min, f_max, amplitude_range, frequency_range, quality_range, phase_range)
     ranges["coercive_voltage"] = _check_range("coercive_range", coercive_range, 0.0, v_max, open_low=True)
     maps = _smooth_maps(seed, n_y, n_x, ranges)
-    dc = v_max * _triangle(np.arange(n_dc) / n_dc)
+    dc = v_max * triangle(np.arange(n_dc) / n_dc)
     truth = BEPSGroundTruth(
         **maps,
         frequencies=freqs,
@@ -514,48 +216,6 @@ def make_beps(
     spec_dims = [Dimension("DC_Offset", "V", dc), Dimension("Frequency", "Hz", freqs)]
     _write_file(path, truth, spec_dims, pixel_size, attrs, "make_beps", overwrite, chunks)
     return truth
-
-
-def load_ground_truth(path: PathLike) -> BEGroundTruth:
-    """Read the ground truth stored by :func:`make_be_pfm` or :func:`make_beps`.
-
-    Returns
-    -------
-    BEGroundTruth or BEPSGroundTruth
-        Equal (``==``) to what the generator returned.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    lazyusid.DatasetSelectionError
-        If the file has no ``/Ground_Truth`` group written by these generators.
-
-    Examples
-    --------
-    >>> make_be_pfm("be.h5", n_x=8, n_y=8) == load_ground_truth("be.h5")  # doctest: +SKIP
-    True
-    """
-    with open_file(path) as f:
-        group = f.get(GROUND_TRUTH_GROUP)
-        generator = _text(group.attrs.get("generator")) if isinstance(group, h5py.Group) else None
-        classes = {"make_be_pfm": BEGroundTruth, "make_beps": BEPSGroundTruth}
-        if generator not in classes:
-            raise DatasetSelectionError(
-                f"{f.filename!r} holds no ground truth: expected a group {GROUND_TRUTH_GROUP!r} written by "
-                "lazyusid.datasets.make_be_pfm or make_beps"
-            )
-        cls = classes[generator]
-        kwargs = {}
-        for fld in fields(cls):
-            if fld.name in group:
-                kwargs[fld.name] = group[fld.name][()]
-            else:
-                kwargs[fld.name] = group.attrs[fld.name]
-    return cls(**kwargs)
-
-
-# --- arguments ---------------------------------------------------------------
 
 
 def _check_size(name: str, n) -> None:
@@ -617,12 +277,6 @@ def _check_target(path: PathLike, overwrite: bool) -> None:
 
 
 # --- maps --------------------------------------------------------------------
-
-
-def _triangle(t: np.ndarray) -> np.ndarray:
-    """One period of a triangle wave: 0 → 1 at t=¼ → −1 at t=¾ → 0 at t=1."""
-    t = np.mod(t, 1.0)
-    return np.where(t < 0.25, 4 * t, np.where(t < 0.75, 2 - 4 * t, 4 * t - 4))
 
 
 def _smooth_maps(
@@ -709,7 +363,7 @@ def _write_file(
                 chunks=None if chunks is None else tuple(chunks),
             )
             _write_data(dset, truth)
-            _write_truth(f, truth, generator)
+            write_truth(f, truth, generator)
         os.replace(partial, path)
     except BaseException:
         if os.path.exists(partial):
@@ -739,25 +393,3 @@ def _write_data(dset: h5py.Dataset, truth: BEGroundTruth) -> None:
                 noise *= scale
                 row += noise
         dset[start * n_x : stop * n_x] = block[: stop - start].reshape(-1, n_spec)
-
-
-def _write_truth(f: h5py.File, truth: BEGroundTruth, generator: str) -> None:
-    """Plain datasets (no ``quantity``, no ancillaries: never USID main datasets)."""
-    group = f.create_group(GROUND_TRUTH_GROUP)
-    group.attrs["generator"] = generator
-    group.attrs["description"] = (
-        f"parameters lazyusid.datasets.{generator} generated {MAIN_DATASET} from; "
-        "read them with lazyusid.datasets.load_ground_truth"
-    )
-    for fld in fields(truth):
-        value = getattr(truth, fld.name)
-        if isinstance(value, np.ndarray):
-            dset = group.create_dataset(fld.name, data=value)
-            dset.attrs["units"] = _UNITS[fld.name]
-            dset.attrs["description"] = _DESCRIPTIONS[fld.name]
-        else:
-            group.attrs[fld.name] = value
-
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else value

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import OutputDtypeError, SpectralFunctionError
 from .casting import VERDICTS, Unfit, fit, value_text
-from .errors import OutputDtypeError, SpectralFunctionError
 
 #: units of an output that declares none: arbitrary units, as pyUSID writes them
 DEFAULT_UNITS = "a. u."

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import LazyUSIDError
+from ..errors import LazyUSIDError
 
 #: bump when the meaning of stored results changes; part of every token.
 #: 2: NumPy scalars count by dtype (format 1 gave ``np.float64(1.0)`` and ``1.0`` one token)
@@ -95,7 +95,7 @@ def computation_token(
     function,
     source: Mapping,
 ) -> tuple[str, dict]:
-    """The token of mapping ``function`` (a :class:`~lazyusid.function.SpectralFunction`) over ``source``.
+    """The token of mapping ``function`` (a :class:`~lazyusid.core.function.SpectralFunction`) over ``source``.
 
     Parameters
     ----------

@@ -127,7 +127,7 @@ def write_main(
 
 def bookkeeping_attrs() -> dict[str, str]:
     """Timestamp, machine and versions, as pyUSID records them."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "timestamp": datetime.now().strftime("%Y_%m_%d-%H_%M_%S"),

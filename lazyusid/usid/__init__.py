@@ -1,0 +1,1 @@
+"""The USID format: dimensions, layout analysis, writing main datasets, files (no dask)."""
