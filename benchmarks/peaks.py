@@ -174,8 +174,8 @@ def run(cfg: Config, log) -> list[Row]:
             name,
             "lazyusid (2 processes) vs serial loop",
             fmt_ratio(vs_serial),
-            "≥ 1.8×",
-            median_spread(vs_serial)[0] >= 1.8,
+            "≥ 1.9×",
+            median_spread(vs_serial)[0] >= 1.9,
             f"serial {fmt_s(serial)}; lazyusid {fmt_s(lazy)}; results equal: {identical_serial}",
         ),
         Row(
@@ -189,16 +189,16 @@ def run(cfg: Config, log) -> list[Row]:
             name,
             "lazyusid vs that Pool(2)",
             fmt_ratio(vs_pool),
-            detail=f"lazyusid CPU (client + workers) / serial CPU: {fmt_ratio(cpu_ratio)}; cores lazyusid obtained "
+            "≥ 0.97×",
+            median_spread(vs_pool)[0] >= 0.97,
+            f"Pool(2) {fmt_s(pool)}; lazyusid {fmt_s(lazy)}; "f"lazyusid CPU (client + workers) / serial CPU: {fmt_ratio(cpu_ratio)}; cores lazyusid obtained "
             f"(CPU-s / wall-s): {median_spread(cores_used)[0]:.2f} of 2",
         ),
         Row(
             name,
-            "lazyusid vs pyUSID Process (cores=2), in session",
+            "lazyusid vs pyUSID Process (cores=2), in session (the 1.15× target is retired, issue 14)",
             fmt_ratio(vs_pyusid),
-            "≥ 1.15×",
-            median_spread(vs_pyusid)[0] >= 1.15,
-            f"pyUSID compute {fmt_s(pyusid)} (import pyUSID and interpreter start excluded; its per-call "
+            detail=f"pyUSID compute {fmt_s(pyusid)} (import pyUSID and interpreter start excluded; its per-call "
             f"worker pool included); lazyusid {fmt_s(lazy)} (session workers already started); CPU-s: "
             f"lazyusid {median_spread(lazy_cpu)[0]:.1f}, pyUSID {median_spread(pyusid_cpu)[0]:.1f} (whole child "
             "process, imports included)",
