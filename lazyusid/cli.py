@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_info(args) -> int:
     from .io.open import open_usid
+    from .sinks.describe import describe_results, results_of
     from .usid.files import list_main, no_main_message, open_file
 
     with open_file(args.file):
@@ -81,42 +82,9 @@ def run_info(args) -> int:
                 span = f"  {float(coord.min()):.4g} … {float(coord.max()):.4g} {units}"
             say(f"  {dim:<20} {arr.sizes[dim]:>8}{span}")
         with h5py.File(args.file, "r") as f:
-            parent = f[opened.attrs["usid_dataset"]].parent
-            base = opened.attrs["usid_dataset"].rsplit("/", 1)[-1]
-            for key in parent:
-                if key.startswith(base + "-") and isinstance(parent[key], h5py.Group):
-                    say("  " + _describe_results(parent[key]))
+            for grp in results_of(f[opened.attrs["usid_dataset"]]):
+                say(f"  {describe_results(grp)}")
     return 0
-
-
-def _describe_results(grp) -> str:
-    """One line: name, tool, parameters and completion of a results group."""
-    import numpy as np
-
-    from .sinks.base import MARKERS
-    from .sinks.hdf5 import RESERVED_ATTRS
-
-    name = grp.name.rsplit("/", 1)[-1]
-    params = []
-    for key, value in grp.attrs.items():
-        if key in RESERVED_ATTRS or isinstance(value, h5py.Reference):
-            continue
-        if isinstance(value, np.ndarray) and value.size > 4:
-            text = f"<{value.size} values, {value.dtype}, {value.min():.4g} … {value.max():.4g}>"
-        else:
-            text = (
-                value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value).replace("\n", "")
-            )
-        params.append(f"{key}={text if len(text) <= 40 else text[:37] + '...'}")
-    done = grp.get(MARKERS)
-    status = "no completed_positions"
-    if isinstance(done, h5py.Dataset) and done.size:
-        n = int(done[()].astype(bool).sum())
-        status = f"{n}/{done.size} positions done" + (" (complete)" if n == done.size else " (partial)")
-    origin = "lazyusid" if "lazyusid_token" in grp.attrs else "not lazyusid"
-    tool = grp.attrs.get("tool", "?")
-    tool = tool.decode("utf-8", "replace") if isinstance(tool, bytes) else tool
-    return f"results {name}: tool={tool}, {status}, {origin}; parameters: {', '.join(params) or 'none'}"
 
 
 def run_demo(args) -> int:

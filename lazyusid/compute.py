@@ -146,6 +146,7 @@ def prepare_map(
         blocks_in_flight=scheduler.workers * (2 if scheduler.distributed else 1),
         positions_per_block=positions_per_block,
         workers=scheduler.workers,
+        seconds_per_position=0.0 if vectorized else seconds,
     )
     plan = replace(plan, scheduler=str(scheduler))
     return SpectralMap(data, loop_dims, core_dims, function, plan, scheduler, reader, progress)

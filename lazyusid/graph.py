@@ -65,18 +65,39 @@ class FlatReader:
         return block[offset : offset + b - a].copy()  # do not hold the rest of the rows
 
 
-def run_block(function: SpectralFunction, source, a: int, b: int, where: dict, write=None, pick=None):
-    """Read (or take) positions ``a:b``, evaluate the function; a block task's body, on any worker.
+class BlockJob:
+    """What one block task does besides evaluating: positions ``a:b``, where they come from, what to return.
 
-    Returns the tuple of outputs (``pick``: only that one). With ``write``
-    (a sink's picklable region writer) the outputs are stored here and only
-    ``(a, b)`` is returned.
+    A plain object, so that dask does not traverse it when the graph is built.
     """
-    block = source.read(a, b) if isinstance(source, FlatReader) else source
-    outs = function.evaluate(block, first=a, **where)
-    if write is None:
-        return outs if pick is None else outs[pick]
-    write(a, b, outs)
+
+    __slots__ = ("a", "b", "pick", "reader", "where", "write")
+
+    def __init__(self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None):
+        self.a, self.b, self.where, self.reader, self.write, self.pick = a, b, where, reader, write, pick
+
+    def __reduce__(self):
+        return (_job, (self.a, self.b, self.where, self.reader, self.write, self.pick))
+
+
+def _job(a, b, where, reader, write, pick) -> BlockJob:
+    return BlockJob(a, b, where, reader=reader, write=write, pick=pick)
+
+
+def run_block(function: SpectralFunction, job: BlockJob, block=None):
+    """Read (or take) the job's positions, evaluate the function; a block task's body, on any worker.
+
+    Returns the tuple of outputs (``job.pick``: only that one). With
+    ``job.write`` (a sink's picklable region writer) the outputs are stored
+    here and only ``(a, b)`` is returned.
+    """
+    a, b = job.a, job.b
+    if job.reader is not None:
+        block = job.reader.read(a, b)
+    outs = function.evaluate(block, first=a, **job.where)
+    if job.write is None:
+        return outs if job.pick is None else outs[job.pick]
+    job.write(a, b, outs)
     return (a, b)
 
 
@@ -140,24 +161,21 @@ class SpectralMap:
         """
         where = {"loop_shape": self.loop_shape, "loop_dims": self.loop_dims}
         function = dask.delayed(self.function, pure=True, name=f"lazyusid-function-{self.token}")
-        if self.reader is not None:
-            sources = [self.reader.for_positions(a, b) for a, b in ranges]
-        else:
-            sources = self._input_blocks(ranges)
         run = dask.delayed(run_block, pure=True)
         suffix = "" if write is None and pick is None else "-" + dask.base.tokenize(write, pick)
+        keys = [f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}" for a, b in ranges]
+        if self.reader is not None:  # the task reads its own rows
+            return [
+                run(
+                    function,
+                    BlockJob(a, b, where, reader=self.reader.for_positions(a, b), write=write, pick=pick),
+                    dask_key_name=key,
+                )
+                for key, (a, b) in zip(keys, ranges)
+            ]
         return [
-            run(
-                function,
-                source,
-                a,
-                b,
-                where,
-                write,
-                pick,
-                dask_key_name=f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}",
-            )
-            for source, (a, b) in zip(sources, ranges)
+            run(function, BlockJob(a, b, where, write=write, pick=pick), block, dask_key_name=key)
+            for key, block, (a, b) in zip(keys, self._input_blocks(ranges), ranges)
         ]
 
     def _input_blocks(self, ranges) -> list:

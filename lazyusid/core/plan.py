@@ -28,6 +28,10 @@ BLOCKS_PER_WORKER = 4
 #: 16 MiB blocks 0.33 s, 32 MiB 0.52 s, 280 MiB ~2x slower. glibc serves requests of 32 MiB and
 #: more with fresh pages from the kernel every time (page faults), and small blocks stay in cache.
 MAX_BLOCK_INPUT_BYTES = 16 * 2**20
+#: default blocks of a per-spectrum function last about this long at most (estimated from the first
+#: spectrum): 8 blocks of ~1.5 s for the seed peak finder on 2 workers ran at 0.91-0.96x of Pool(2),
+#: the last blocks of one worker waiting alone (benchmarks/peaks.py); a task costs ~1 ms
+MAX_BLOCK_SECONDS = 0.5
 
 
 def parse_budget(budget: BudgetLike) -> int:
@@ -169,6 +173,7 @@ def plan_blocks(
     blocks_in_flight: int = 1,
     positions_per_block: int | None = None,
     workers: int = 1,
+    seconds_per_position: float = 0.0,
 ) -> BlockPlan:
     """Choose positions per block so that the projected peak stays within the budget.
 
@@ -188,6 +193,9 @@ def plan_blocks(
         Blocks held in memory at the same time (about the number of parallel workers).
     positions_per_block : int, optional
         Force a block size (still checked against the budget).
+    seconds_per_position : float
+        Estimated time of one call (per-spectrum functions): default blocks
+        then last at most ``MAX_BLOCK_SECONDS``.
     workers : int
         Parallel workers; blocks are kept small enough that each gets several.
         Without ``positions_per_block``, a block also reads at most
@@ -220,6 +228,10 @@ def plan_blocks(
     if positions_per_block is None:
         balanced = math.ceil(n_positions / (BLOCKS_PER_WORKER * max(1, workers)))
         largest = MAX_BLOCK_INPUT_BYTES // max(1, input_bytes_per_position)
+        if (
+            seconds_per_position > 0
+        ):  # short blocks: workers finish together, progress and checkpoints stay fine
+            largest = min(largest, max(1, int(MAX_BLOCK_SECONDS / seconds_per_position)))
         positions_per_block = max(1, min(fits, balanced, largest))
     elif positions_per_block > fits:
         raise BudgetError(

@@ -189,7 +189,14 @@ def shared_client(cores: int):
         client = _pool.get(cores)
         if client is None or client.status != "running":
             try:
-                with dask.config.set({"distributed.scheduler.allowed-failures": 2}):
+                # a worker that dies in the function is retried twice, not three times (each death restarts
+                # a process); the workers' statistical profiler (a thread sampling every 10 ms) is off:
+                # lazyusid's own workers run one function at a time, and nobody reads their profiles
+                settings = {
+                    "distributed.scheduler.allowed-failures": 2,
+                    "distributed.worker.profile.enabled": False,
+                }
+                with dask.config.set(settings):
                     cluster = LocalCluster(
                         n_workers=cores,
                         threads_per_worker=1,
