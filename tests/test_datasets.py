@@ -200,7 +200,9 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
 def test_data_do_not_depend_on_the_block_size(tmp_path, monkeypatch, rows_per_block):
     reference = make_be_pfm(tmp_path / "ref.h5", seed=11, **SMALL)
     row_bytes = SMALL["n_x"] * 119 * 8
-    monkeypatch.setattr(lazyusid.datasets.generate, "_BLOCK_BYTES", rows_per_block * row_bytes + row_bytes // 2)
+    monkeypatch.setattr(
+        lazyusid.datasets.generate, "_BLOCK_BYTES", rows_per_block * row_bytes + row_bytes // 2
+    )
     truth = make_be_pfm(tmp_path / "blocks.h5", seed=11, **SMALL)
     assert truth == reference
     np.testing.assert_array_equal(read_nd(tmp_path / "blocks.h5"), read_nd(tmp_path / "ref.h5"))
