@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 
-import dask
-import dask.array as da
 import h5py
 import numpy as np
 import xarray as xr
@@ -23,6 +21,7 @@ import xarray as xr
 from .core.function import OutputsLike, SpectralFunction, infer_outputs
 from .core.plan import BlockPlan, BudgetLike, plan_blocks
 from .graph import SpectralMap, flat_reader
+from .inputs import as_dataarray, position_index, read_spectrum, untouched_source
 from .io.rows import row_reader
 from .run.schedulers import choose_scheduler
 from .usid.layout import read_layout
@@ -107,7 +106,7 @@ def prepare_map(
         )
 
     first = {d: 0 for d in loop_dims}
-    sample = _spectrum(data, loop_dims, first)
+    sample = read_spectrum(data, loop_dims, first)
     tic = time.perf_counter()
     outs, single = infer_outputs(
         func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
@@ -150,20 +149,6 @@ def prepare_map(
     )
     plan = replace(plan, scheduler=str(scheduler))
     return SpectralMap(data, loop_dims, core_dims, function, plan, scheduler, reader, progress)
-
-
-def untouched_source(data) -> tuple[str, str] | None:
-    """``(file, dataset)`` when ``data`` holds exactly the values :func:`~lazyusid.open_usid` opened, else None.
-
-    :func:`~lazyusid.open_usid` records the name of its read in the
-    ``usid_read`` encoding; any selection or computation changes the name.
-    """
-    if not isinstance(data, xr.DataArray) or not isinstance(data.data, da.Array):
-        return None
-    if data.encoding.get("usid_read") != data.data.name:
-        return None
-    path, dataset = data.attrs.get("usid_file"), data.attrs.get("usid_dataset")
-    return (path, dataset) if path and dataset else None
 
 
 def _abspath(path) -> str | None:
@@ -363,8 +348,8 @@ def apply_at(
     data, core_dims = as_dataarray(data, core_dims)
     loop_dims = tuple(d for d in data.dims if d not in core_dims)
     data = data.transpose(*loop_dims, *core_dims)
-    index = _position_index(data, loop_dims, position)
-    spectrum = _spectrum(data, loop_dims, index)
+    index = position_index(data, loop_dims, position)
+    spectrum = read_spectrum(data, loop_dims, index)
     params = dict(params or {})
     block = spectrum[None]
     shape = tuple(data.sizes[d] for d in loop_dims)
@@ -375,69 +360,3 @@ def apply_at(
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
     values = [v[0] for v in function.evaluate(block, first=flat, loop_shape=shape, loop_dims=loop_dims)]
     return values[0] if single else {o.name: v for o, v in zip(outs, values)}
-
-
-def as_dataarray(data, core_dims) -> tuple[xr.DataArray, tuple[Hashable, ...]]:
-    """Normalise the input to a DataArray and its core dimensions."""
-    if isinstance(data, xr.Dataset):
-        if len(data.data_vars) != 1:
-            raise TypeError(
-                f"map over one variable at a time; this Dataset has {list(data.data_vars)}: pass ds[name]"
-            )
-        data = data[next(iter(data.data_vars))]
-    if not isinstance(data, xr.DataArray):
-        arr = data if isinstance(data, da.Array) else np.asarray(data)
-        if arr.ndim < 1:
-            raise ValueError("data must have at least one dimension")
-        dims = tuple(f"dim_{i}" for i in range(arr.ndim))
-        if core_dims is None:
-            core_dims = (arr.ndim - 1,)
-        axes = (core_dims,) if isinstance(core_dims, int) else tuple(core_dims)
-        if not all(isinstance(a, (int, np.integer)) for a in axes):
-            raise TypeError(f"for a plain array give core_dims as axis numbers, got {core_dims!r}")
-        core_dims = tuple(dims[a] for a in axes)
-        data = xr.DataArray(arr, dims=dims)
-    if core_dims is None:
-        spec = data.attrs.get("usid_spectroscopic_dims")
-        spec = [spec] if isinstance(spec, str) else list(spec) if spec is not None else []
-        core_dims = tuple(d for d in spec if d in data.dims) or (data.dims[-1],)
-    elif isinstance(core_dims, str):
-        core_dims = (core_dims,)
-    core_dims = tuple(core_dims)
-    missing = [d for d in core_dims if d not in data.dims]
-    if missing:
-        raise ValueError(
-            f"core_dims {missing} are not dimensions of the data; its dims are {list(data.dims)}"
-        )
-    if len(set(core_dims)) != len(core_dims):
-        raise ValueError(f"core_dims {core_dims} repeat a dimension")
-    return data, core_dims
-
-
-def _position_index(data, loop_dims, position) -> dict:
-    shape = tuple(data.sizes[d] for d in loop_dims)
-    if isinstance(position, Mapping):
-        unknown = [d for d in position if d not in loop_dims]
-        missing = [d for d in loop_dims if d not in position]
-        if unknown or missing:
-            raise ValueError(
-                f"position must give an index for each loop dimension {list(loop_dims)}; "
-                f"missing {missing}, unknown {unknown}"
-            )
-        index = {d: int(position[d]) for d in loop_dims}
-        for d, n in zip(loop_dims, shape):
-            if not 0 <= index[d] < n:
-                raise IndexError(f"position {d}={index[d]} is outside 0..{n - 1}")
-        return index
-    n = math.prod(shape)
-    flat = int(position)
-    if not 0 <= flat < n:
-        raise IndexError(f"position {flat} is outside 0..{n - 1} (flat index over {list(loop_dims)})")
-    return dict(zip(loop_dims, (int(i) for i in np.unravel_index(flat, shape))))
-
-
-def _spectrum(data: xr.DataArray, loop_dims, index: Mapping) -> np.ndarray:
-    """Read one spectrum (only it) as a numpy array."""
-    one = data.isel({d: index[d] for d in loop_dims}) if loop_dims else data
-    with dask.config.set(scheduler="sync"):
-        return np.asarray(one.values)
