@@ -188,10 +188,11 @@ class SpectralMap:
             flat = arr.reshape((n, *self.core_shape), merge_chunks=True).rechunk(chunks)
         else:
             values = np.asarray(arr).reshape((n, *self.core_shape)).view()
-            values.flags.writeable = (
-                False  # a function that mutates its argument must not change the caller's
-            )
-            flat = da.from_array(values, chunks=chunks, name="lazyusid-input-" + dask.base.tokenize(values))
+            # a function that mutates its argument must not change the caller's array
+            values.flags.writeable = False
+            # named by the token, which holds the values' digest already (no second hash of them)
+            name = "lazyusid-input-" + dask.base.tokenize(self.token, chunks)
+            flat = da.from_array(values, chunks=chunks, name=name)
         pieces = dict(zip(edges[:-1], flat.to_delayed(optimize_graph=True).ravel()))
         return [pieces[a] for a, _ in ranges]
 

@@ -169,7 +169,7 @@ class SpectralFunction:
         return outs
 
     def _unfit_error(self, unfit: Unfit, start, stop, loop_shape, loop_dims) -> OutputDtypeError:
-        where, coords = _where(start, stop, loop_shape, loop_dims)
+        where, coords = locate(start, stop, loop_shape, loop_dims)
         o = unfit.output
         origin = (
             "declared" if o.inferred_at is None else f"inferred from the value at position {o.inferred_at}"
@@ -191,7 +191,7 @@ class SpectralFunction:
         return OutputDtypeError(message, position=start, coords=coords)
 
     def _error(self, exc, start, stop, loop_shape, loop_dims) -> SpectralFunctionError:
-        where, coords = _where(start, stop, loop_shape, loop_dims)
+        where, coords = locate(start, stop, loop_shape, loop_dims)
         tb = "".join(traceback.format_exception(exc)).rstrip()
         message = (
             f"{self.name} failed at {where} with params {_short(self.params)}: "
@@ -322,7 +322,7 @@ def _declaration(outputs: tuple[Output, ...], fixed: Output, dtype: np.dtype) ->
     return "{" + ", ".join(items) + "}"
 
 
-def _where(start, stop, loop_shape, loop_dims) -> tuple[str, dict]:
+def locate(start, stop=None, loop_shape=(), loop_dims=()) -> tuple[str, dict]:
     """``"position 13 (Y=2, X=1)"`` or ``"the block of positions 10:15 (...)"``, and the N-D indices."""
     coords = {}
     if loop_shape:

@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable, Sequence
 
 import dask
-import numpy as np
 from tqdm.auto import tqdm
 
+from ..core.function import locate
 from ..errors import WorkerCrashedError
 from ..graph import BlockCallback
 from .schedulers import forget
@@ -46,8 +46,8 @@ def run_blocks(
 
     ``on_block`` runs in this thread, as blocks finish (in any order). With
     ``write`` the tasks store their outputs themselves and ``outs`` is None.
-    If a block fails, the first error (by position) is raised once the
-    blocks that finished before it were handed over; the rest are cancelled.
+    If a block fails, its error is raised once the blocks that finished
+    before it were handed over; the rest are cancelled.
     """
     if not ranges:
         return
@@ -95,16 +95,14 @@ def _run_distributed(smap, tasks, by_key, finished) -> None:
     error: BaseException | None = None
     try:
         for future in as_completed(futures, loop=client.loop):
-            if error is not None:
-                break
             try:
                 result = future.result()
             except KilledWorker as exc:
                 error = _crashed(smap, by_key[future.key], exc)
-                continue
+                break
             except Exception as exc:
                 error = exc
-                continue
+                break
             finished(future.key, result)
             future.release()
     except KeyboardInterrupt:
@@ -133,15 +131,11 @@ def _cancel(client, futures) -> None:
 
 def _crashed(smap, block: tuple[int, int], exc: BaseException) -> WorkerCrashedError:
     a, b = block
-    coords = {}
-    if smap.loop_shape:
-        coords = dict(zip(smap.loop_dims, (int(i) for i in np.unravel_index(a, smap.loop_shape))))
-    where = ", ".join(f"{k}={v}" for k, v in coords.items())
+    where, coords = locate(a, b, smap.loop_shape, smap.loop_dims)
     return WorkerCrashedError(
-        f"{smap.function.name} crashed its worker process (killed, segfault or os._exit) in the block of "
-        f"positions {a}:{b}" + (f" (first position {where})" if where else "") + f", on every worker that "
-        f"tried it ({exc}). Find the position with lazyusid.apply_at(data, func, position) in a subprocess, "
-        "or wrap the crashing call.",
+        f"{smap.function.name} crashed its worker process (killed, segfault or os._exit) in {where}, on "
+        f"every worker that tried it ({exc}). Find the position with lazyusid.apply_at(data, func, "
+        "position) in a subprocess, or wrap the crashing call.",
         position=a,
         coords=coords,
     )
