@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from test_integrity_hdf5 import SHO, sho_guess  # pycroscopy's sho32 record, and a guess returning one
 
 import lazyusid
 from lazyusid.errors import StoreConflictError
@@ -366,17 +367,6 @@ def test_a_damaged_zarr_store_with_nothing_flagged_is_rebuilt(scan, tmp_path):
 
 # ---------------------------------------------------------------------------
 # 8. a record output comes back as a Dataset of its fields
-
-SHO = np.dtype({"names": ["Amplitude", "Frequency", "Quality Factor", "Phase", "R2"], "formats": ["f4"] * 5})
-
-
-def sho_guess(spectrum):
-    amplitude = np.abs(spectrum)
-    peak = int(np.argmax(amplitude))
-    quality = amplitude[peak] / (amplitude.mean() + 1e-3)
-    return np.array((amplitude[peak], peak, quality, np.angle(spectrum[peak]), amplitude.min()), dtype=SHO)[
-        ()
-    ]
 
 
 @pytest.mark.parametrize("kind", ["in-file", "other-file"])
