@@ -22,11 +22,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
-from tqdm.auto import tqdm
 
 from .core.function import SpectralFunction
 from .core.plan import BlockPlan
 from .io.rows import RowReader
+from .run.progress import progress_bar
 from .run.schedulers import Scheduler
 
 #: prefix of the keys of block tasks (the progress bar counts them)
@@ -237,7 +237,7 @@ class _LazyRun:
     def __call__(self, dsk, keys, **kwargs):
         if not self.progress or self.scheduler.distributed:
             return self.scheduler.get(dsk, keys, **kwargs)
-        with tqdm(total=self.n_blocks, desc=self.name, unit="block", dynamic_ncols=True, delay=1.0) as bar:
+        with progress_bar(self.n_blocks, self.name) as bar:
             with BlockCallback(lambda key, result: bar.update()):
                 return self.scheduler.get(dsk, keys, **kwargs)
 

@@ -23,11 +23,11 @@ import threading
 from collections.abc import Callable, Sequence
 
 import dask
-from tqdm.auto import tqdm
 
 from ..core.function import locate
 from ..errors import WorkerCrashedError
 from ..graph import BlockCallback
+from .progress import progress_bar
 from .schedulers import forget
 
 #: seconds to wait for the scheduler to cancel outstanding work after an interruption
@@ -53,14 +53,7 @@ def run_blocks(
         return
     tasks = smap.blocks(ranges, write=write)
     by_key = {t.key: r for t, r in zip(tasks, ranges)}
-    bar = tqdm(
-        total=len(tasks),
-        desc=smap.function.name,
-        unit="block",
-        dynamic_ncols=True,
-        delay=1.0,
-        disable=not progress,
-    )
+    bar = progress_bar(len(tasks), smap.function.name, disable=not progress)
 
     def finished(key, result) -> None:
         a, b = by_key[key]
