@@ -54,7 +54,9 @@ def in_kernel() -> bool:
     if any(name == "QT_API" or name.startswith("SPYDER") for name in os.environ):
         return False
     shell = sys.modules["IPython"].get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    kernel_shell = sys.modules["ipykernel.zmqshell"].ZMQInteractiveShell  # also Colab's and VS Code's
+    name = type(shell).__name__.lower()
+    return isinstance(shell, kernel_shell) and "qt" not in name and "spyder" not in name
 
 
 def widgets_import() -> bool:
