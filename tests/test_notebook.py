@@ -26,7 +26,7 @@ from lazyusid.datasets import MAIN_DATASET
 from lazyusid.tutorial import peak_amplitude
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "getting_started.ipynb"
-N_Y, N_X = 24, 32  # the notebook's scan
+N_Y, N_X = 12, 16  # the notebook's scan
 RESULT = MAIN_DATASET + "-peak_amplitude_000/peak_amplitude"
 
 
