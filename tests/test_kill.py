@@ -326,14 +326,19 @@ def kill_trials(kind: str, src: Source, where: Path, cores_per_trial: list[int])
 
 @pytest.mark.parametrize("kind", TARGETS)
 def test_kill_at_random_moments(kind, source, tmp_path):
-    """7 kills per target (21 in all), in-process: a ``cores=2`` run costs ~20 s more (see the slow test)."""
-    kill_trials(kind, source, tmp_path, [1] * 7)
+    """15 kills per target (45 in all), in-process: a ``cores=2`` run costs ~20 s more (see the long test)."""
+    kill_trials(kind, source, tmp_path, [1] * 15)
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("kind", TARGETS)
 def test_kill_at_random_moments_many(kind, source, tmp_path):
-    """50 kills per target, one in five with worker processes (each such run starts its own cluster)."""
+    """50 kills per target, one in five with worker processes (each such run starts its own cluster).
+
+    Deselected by default (``-m "not long"`` in pyproject.toml): ``pytest -m long`` runs it, as ``.ci/run``
+    does. Also ``slow``, so that ``pytest -m "not slow"`` (which replaces the default ``-m``) leaves it out.
+    """
     kill_trials(kind, source, tmp_path, [1, 1, 1, 1, 2] * 10)
 
 
