@@ -18,13 +18,25 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .core.function import OutputsLike, SpectralFunction, infer_outputs
+from .core.function import OutputsLike, SpectralFunction, infer_outputs, takes_position
 from .core.plan import BlockPlan, BudgetLike, plan_blocks
+from .errors import SpectralFunctionError
 from .graph import SpectralMap, flat_reader
-from .inputs import as_dataarray, position_index, read_spectrum, untouched_source
+from .inputs import (
+    as_dataarray,
+    as_roi,
+    position_index,
+    read_spectrum,
+    split_params,
+    untouched_source,
+    value_at,
+)
 from .io.rows import row_reader
 from .run.schedulers import choose_scheduler
 from .usid.layout import read_layout
+
+#: positions tried in turn to infer the outputs with ``on_error="skip"`` (the function may fail at the first)
+INFER_TRIES = 20
 
 #: documented once, shared by :func:`map_spectra` and :func:`plan_spectra`
 _ENGINE_DOC = """
@@ -34,7 +46,14 @@ _ENGINE_DOC = """
         named here, is looped over.
     params : mapping, optional
         Keyword arguments for ``func``; scalars, strings, lists, dicts,
-        numpy arrays.
+        numpy arrays are the same at every position. An xarray DataArray (or
+        Dataset) with loop dimensions of the data is a **per-position
+        input**: ``func`` gets that position's value (a numpy scalar or
+        array over its other dimensions; a dict of them for a Dataset), a
+        vectorised ``func`` the block's slice. A stored lazyusid result is
+        identified by its own token (``docs/pipelines.md``). If ``func`` has
+        a parameter ``position``, it gets the N-D index of its spectrum (a
+        tuple of ints; vectorised: a tuple of index arrays).
     outputs : sequence of str or mapping, optional
         Names of the outputs (for a tuple result) or ``{name: dtype}``,
         ``{name: {"dtype":, "shape":, "dims":, "units":}}`` or ``{name: Output}``.
@@ -58,7 +77,18 @@ _ENGINE_DOC = """
         blocks then read their spectra and evaluate on its workers. Default:
         the active default client, if any.
     progress : bool
-        Show a progress bar (tqdm; terminal or notebook) while blocks finish."""
+        Show a progress bar (tqdm; terminal or notebook) while blocks finish.
+    roi : numpy.ndarray or xarray.DataArray of bool, optional
+        Region of interest over the loop dimensions: ``func`` runs only where
+        it is True; elsewhere the outputs hold their fill value (NaN for
+        floats, 0 otherwise). Stored: the result keeps the full grid and
+        flags only the ROI's positions; the ROI is not part of the identity,
+        so a larger ROI (or ``roi=None``) later computes only what is new.
+    on_error : {"raise", "skip"}
+        ``"skip"``: a position where ``func`` raises gets the fill value and
+        the run goes on; the result has a ``failed_positions`` mask
+        (``result.usid.failed``, a valid ``roi=``) and, stored, the first
+        errors (``lazyusid.errors_of(result)``)."""
 
 
 def prepare_map(
@@ -75,6 +105,8 @@ def prepare_map(
     cores: int | None = None,
     client=None,
     progress: bool = True,
+    roi=None,
+    on_error: str = "raise",
     writes_to: str | None = None,
     source: tuple[str, str] | bool | None = True,
 ) -> SpectralMap:
@@ -91,9 +123,10 @@ def prepare_map(
     data, core_dims = as_dataarray(data, core_dims)
     loop_dims = tuple(d for d in data.dims if d not in core_dims)
     data = data.transpose(*loop_dims, *core_dims)
-    params = dict(params or {})
     if not callable(func):
         raise TypeError(f"func must be callable, got {func!r}")
+    params, varying = split_params(params, data, loop_dims)
+    mask = as_roi(roi, data, loop_dims)
     n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
     if n_positions == 0 or 0 in data.shape:
         where = (
@@ -105,14 +138,32 @@ def prepare_map(
             f"the data{where} is empty: its shape is {dict(data.sizes)}; there is nothing to map"
         )
 
-    first = {d: 0 for d in loop_dims}
-    sample = read_spectrum(data, loop_dims, first)
-    tic = time.perf_counter()
-    outs, single = infer_outputs(
-        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
-    )
+    if mask is not None and not mask.any():
+        raise ValueError("roi selects no position: there is nothing to compute")
+    # the outputs are inferred at the first position (of the ROI); with on_error="skip", at the first
+    # of the next few where the function does not raise
+    candidates = range(n_positions) if mask is None else np.flatnonzero(mask)
+    for k, at in enumerate(candidates[: INFER_TRIES if on_error == "skip" else 1]):
+        first = position_index(data, loop_dims, int(at))
+        sample = read_spectrum(data, loop_dims, first)
+        kwargs = _call_kwargs(func, params, varying, loop_dims, first, vectorized)
+        tic = time.perf_counter()
+        try:
+            outs, single = infer_outputs(
+                func,
+                sample[None] if vectorized else sample,
+                kwargs,
+                outputs,
+                vectorized,
+                position=int(at),
+                coords=first,
+            )
+            break
+        except SpectralFunctionError:
+            if on_error != "skip" or k == min(INFER_TRIES, len(candidates)) - 1:
+                raise
     seconds = time.perf_counter() - tic
-    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
+    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single, on_error=on_error)
 
     writes_to = os.path.abspath(writes_to) if writes_to is not None else None
     reader = None
@@ -129,6 +180,8 @@ def prepare_map(
     if writes_to is not None and writes_to == _abspath(data.attrs.get("usid_file")):
         if reader is None or reader.rows.how == "h5py":
             in_process = "it reads the file results are written into, through HDF5"
+    if writes_to is not None and any(writes_to == _abspath(f) for f in _files(varying)):
+        in_process = "a per-position input reads the file results are written into, through HDF5"
     scheduler = choose_scheduler(
         vectorized=vectorized,
         estimated_seconds=0.0 if vectorized else seconds * n_positions,
@@ -148,11 +201,40 @@ def prepare_map(
         seconds_per_position=0.0 if vectorized else seconds,
     )
     plan = replace(plan, scheduler=str(scheduler))
-    return SpectralMap(data, loop_dims, core_dims, function, plan, scheduler, reader, progress)
+    return SpectralMap(
+        data, loop_dims, core_dims, function, plan, scheduler, reader, progress, inputs=varying, roi=mask
+    )
 
 
 def _abspath(path) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def _files(varying: Mapping) -> set:
+    """The HDF5 files the per-position inputs read."""
+    files = set()
+    for value in varying.values():
+        arrays = value.data_vars.values() if isinstance(value, xr.Dataset) else [value]
+        files.update(a.attrs["usid_file"] for a in arrays if "usid_file" in a.attrs)
+    return files
+
+
+def _call_kwargs(func, params: dict, varying: Mapping, loop_dims, index: Mapping, vectorized: bool) -> dict:
+    """The keyword arguments of ``func`` at one position, as the full run passes them."""
+    kwargs = {**params, **value_at(varying, loop_dims, index)}
+    if "position" not in params and takes_position(func):
+        kwargs["position"] = tuple(index[d] for d in loop_dims)
+    if vectorized:  # a block of one position
+        kwargs.update({k: _one(kwargs[k]) for k in [*varying, "position"] if k in kwargs})
+    return kwargs
+
+
+def _one(value):
+    if isinstance(value, dict):
+        return {k: np.asarray(v)[None] for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(np.asarray([i]) for i in value)
+    return np.asarray(value)[None]
 
 
 def map_spectra(
@@ -169,6 +251,8 @@ def map_spectra(
     cores: int | None = None,
     client=None,
     progress: bool = True,
+    roi=None,
+    on_error: str = "raise",
     store=None,
     group: str | None = None,
     tool: str | None = None,
@@ -248,6 +332,8 @@ def map_spectra(
         cores=cores,
         client=client,
         progress=progress,
+        roi=roi,
+        on_error=on_error,
     )
     if store is None:
         if group is not None or tool is not None or override or resume is not None:
@@ -292,6 +378,8 @@ def plan_spectra(
     cores: int | None = None,
     client=None,
     progress: bool = True,
+    roi=None,
+    on_error: str = "raise",
 ) -> BlockPlan:
     """The :class:`BlockPlan` that :func:`map_spectra` would run, with its scheduler (runs ``func`` once).
 
@@ -313,6 +401,8 @@ def plan_spectra(
         cores=cores,
         client=client,
         progress=progress,
+        roi=roi,
+        on_error=on_error,
     ).plan
 
 
@@ -350,13 +440,18 @@ def apply_at(
     data = data.transpose(*loop_dims, *core_dims)
     index = position_index(data, loop_dims, position)
     spectrum = read_spectrum(data, loop_dims, index)
-    params = dict(params or {})
+    params, varying = split_params(params, data, loop_dims)
     block = spectrum[None]
     shape = tuple(data.sizes[d] for d in loop_dims)
     flat = int(np.ravel_multi_index(tuple(index[d] for d in loop_dims), shape)) if loop_dims else 0
+    kwargs = _call_kwargs(func, params, varying, loop_dims, index, vectorized)
     outs, single = infer_outputs(
-        func, block if vectorized else spectrum, params, outputs, vectorized, position=flat, coords=index
+        func, block if vectorized else spectrum, kwargs, outputs, vectorized, position=flat, coords=index
     )
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
-    values = [v[0] for v in function.evaluate(block, first=flat, loop_shape=shape, loop_dims=loop_dims)]
+    extras = {k: _one(v) for k, v in value_at(varying, loop_dims, index).items()}
+    evaluated = function.evaluate(
+        block, first=flat, loop_shape=shape, loop_dims=loop_dims, extras=extras or None
+    )
+    values = [v[0] for v in evaluated]
     return values[0] if single else {o.name: v for o, v in zip(outs, values)}

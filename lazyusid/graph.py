@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import dask
@@ -26,11 +26,14 @@ from tqdm.auto import tqdm
 
 from .core.function import SpectralFunction
 from .core.plan import BlockPlan
+from .inputs import flat_inputs
 from .io.rows import RowReader
 from .run.schedulers import Scheduler
 
 #: prefix of the keys of block tasks (the progress bar counts them)
 BLOCK_PREFIX = "lazyusid-block-"
+#: name of the per-position failure mask of a result computed with ``on_error="skip"``
+FAILED = "failed_positions"
 
 
 @dataclass(frozen=True)
@@ -71,34 +74,39 @@ class BlockJob:
     A plain object, so that dask does not traverse it when the graph is built.
     """
 
-    __slots__ = ("a", "b", "pick", "reader", "where", "write")
+    __slots__ = ("a", "b", "mask", "pick", "reader", "where", "write")
 
-    def __init__(self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None):
+    def __init__(self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None, mask=None):
         self.a, self.b, self.where, self.reader, self.write, self.pick = a, b, where, reader, write, pick
+        self.mask = mask
 
     def __reduce__(self):
-        return (_job, (self.a, self.b, self.where, self.reader, self.write, self.pick))
+        return (_job, (self.a, self.b, self.where, self.reader, self.write, self.pick, self.mask))
 
 
-def _job(a, b, where, reader, write, pick) -> BlockJob:
-    return BlockJob(a, b, where, reader=reader, write=write, pick=pick)
+def _job(a, b, where, reader, write, pick, mask=None) -> BlockJob:
+    return BlockJob(a, b, where, reader=reader, write=write, pick=pick, mask=mask)
 
 
-def run_block(function: SpectralFunction, job: BlockJob, block=None):
+def run_block(function: SpectralFunction, job: BlockJob, block=None, extras=None):
     """Read (or take) the job's positions, evaluate the function; a block task's body, on any worker.
 
-    Returns the tuple of outputs (``job.pick``: only that one). With
-    ``job.write`` (a sink's picklable region writer) the outputs are stored
-    here and only ``(a, b)`` is returned.
+    ``extras`` are the block's slices of the per-position inputs. Returns
+    the tuple of outputs (``job.pick``: only that one). With ``job.write`` (a
+    sink's picklable region writer) the outputs are stored here and only
+    ``(a, b)`` is returned (``(a, b, errors)`` with ``on_error="skip"``).
     """
     a, b = job.a, job.b
-    if job.reader is not None:
-        block = job.reader.read(a, b)
-    outs = function.evaluate(block, first=a, **job.where)
+    if job.mask is not None and not job.mask.any():  # outside the region of interest: nothing to read
+        outs = function.filled(b - a)
+    else:
+        if job.reader is not None:
+            block = job.reader.read(a, b)
+        outs = function.evaluate(block, first=a, extras=extras, mask=job.mask, **job.where)
     if job.write is None:
         return outs if job.pick is None else outs[job.pick]
     job.write(a, b, outs)
-    return (a, b)
+    return (a, b) if function.on_error == "raise" else (a, b, outs[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +125,12 @@ class SpectralMap:
     reader : FlatReader or None
         Direct reads of the source's rows, when the input is an untouched
         :func:`~lazyusid.open_usid` array in file order.
+    progress : bool
+    inputs : dict
+        Per-position inputs by parameter name: DataArrays or Datasets with
+        the loop dimensions first (:func:`lazyusid.inputs.split_params`).
+    roi : numpy.ndarray or None
+        Flat boolean mask of the positions to evaluate (None: all).
     """
 
     data: xr.DataArray
@@ -127,6 +141,8 @@ class SpectralMap:
     scheduler: Scheduler
     reader: FlatReader | None = None
     progress: bool = True
+    inputs: dict = field(default_factory=dict)
+    roi: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"<SpectralMap {self.function.name} on {self.scheduler}: {self.plan!r}>"
@@ -140,6 +156,11 @@ class SpectralMap:
         return tuple(self.data.sizes[d] for d in self.core_dims)
 
     @cached_property
+    def flat_inputs(self) -> dict:
+        """The per-position inputs as flat ``(positions, ...)`` dask arrays (dicts of them for Datasets)."""
+        return flat_inputs(self.inputs, self.loop_dims)
+
+    @cached_property
     def token(self) -> str:
         """Names this computation's tasks (not its stored identity: see :mod:`lazyusid.core.identity`)."""
         source = self.reader if self.reader is not None else _input_name(self.data)
@@ -149,7 +170,17 @@ class SpectralMap:
             )
         except Exception:  # pragma: no cover - exotic parameters: a fresh name
             fn = id(self)
-        return dask.base.tokenize(source, fn, self.function.vectorized, self.loop_shape, self.core_shape)
+        extras = {k: _names(v) for k, v in self.flat_inputs.items()}
+        return dask.base.tokenize(
+            source,
+            fn,
+            self.function.vectorized,
+            self.function.on_error,
+            self.loop_shape,
+            self.core_shape,
+            extras,
+            self.roi,
+        )
 
     def blocks(
         self, ranges: Sequence[tuple[int, int]], write: Callable | None = None, pick: int | None = None
@@ -164,28 +195,44 @@ class SpectralMap:
         run = dask.delayed(run_block, pure=True)
         suffix = "" if write is None and pick is None else "-" + dask.base.tokenize(write, pick)
         keys = [f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}" for a, b in ranges]
+        edges = sorted({0, self.plan.n_positions, *(x for r in ranges for x in r)})
+        extras = [{} for _ in ranges]
+        for name, value in self.flat_inputs.items():
+            if isinstance(value, dict):
+                parts = {k: _cut(v, edges, ranges) for k, v in value.items()}
+                for i, extra in enumerate(extras):
+                    extra[name] = {k: p[i] for k, p in parts.items()}
+            else:
+                for extra, piece in zip(extras, _cut(value, edges, ranges)):
+                    extra[name] = piece
+        jobs = [
+            BlockJob(
+                a,
+                b,
+                where,
+                reader=None if self.reader is None else self.reader.for_positions(a, b),
+                write=write,
+                pick=pick,
+                mask=None if self.roi is None or self.roi[a:b].all() else self.roi[a:b].copy(),
+            )
+            for a, b in ranges
+        ]
         if self.reader is not None:  # the task reads its own rows
-            return [
-                run(
-                    function,
-                    BlockJob(a, b, where, reader=self.reader.for_positions(a, b), write=write, pick=pick),
-                    dask_key_name=key,
-                )
-                for key, (a, b) in zip(keys, ranges)
-            ]
+            blocks = [None] * len(ranges)
+        else:
+            blocks = self._input_blocks(edges, ranges)
         return [
-            run(function, BlockJob(a, b, where, write=write, pick=pick), block, dask_key_name=key)
-            for key, block, (a, b) in zip(keys, self._input_blocks(ranges), ranges)
+            run(function, job, block, extra or None, dask_key_name=key)
+            for key, job, block, extra in zip(keys, jobs, blocks, extras)
         ]
 
-    def _input_blocks(self, ranges) -> list:
+    def _input_blocks(self, edges, ranges) -> list:
         """The input's own graph, cut into exactly the given blocks of positions (one chunk each)."""
         n = self.plan.n_positions
-        edges = sorted({0, n, *(x for r in ranges for x in r)})
         chunks = (tuple(np.diff(edges).tolist()),) + tuple((s,) for s in self.core_shape)
         arr = self.data.data
         if isinstance(arr, da.Array):
-            flat = arr.reshape((n, *self.core_shape), merge_chunks=True).rechunk(chunks)
+            flat = arr.reshape((n, *self.core_shape), merge_chunks=True)
         else:
             values = np.asarray(arr).reshape((n, *self.core_shape)).view()
             # a function that mutates its argument must not change the caller's array
@@ -193,8 +240,7 @@ class SpectralMap:
             # named by the token, which holds the values' digest already (no second hash of them)
             name = "lazyusid-input-" + dask.base.tokenize(self.token, chunks)
             flat = da.from_array(values, chunks=chunks, name=name)
-        pieces = dict(zip(edges[:-1], flat.to_delayed(optimize_graph=True).ravel()))
-        return [pieces[a] for a, _ in ranges]
+        return _cut(flat, edges, ranges)
 
     def result(self) -> xr.DataArray | xr.Dataset:
         """The lazy xarray result: a DataArray for one output, a Dataset for several.
@@ -204,18 +250,24 @@ class SpectralMap:
         expression is computed.
         """
         ranges = self.plan.blocks()
-        single = len(self.function.outputs) == 1
+        skip = self.function.on_error == "skip"
+        single = len(self.function.outputs) == 1 and not skip
         tasks = self.blocks(ranges, pick=0 if single else None)
         run = _LazyRun(self.scheduler, len(tasks), self.function.name, self.progress)
-        arrays = {}
-        for i, out in enumerate(self.function.outputs):
+
+        def lazy(i: int, shape: tuple, dtype) -> da.Array:
             pieces = [
-                da.from_delayed(task if single else task[i], shape=(b - a, *out.shape), dtype=out.dtype)
+                da.from_delayed(task if single else task[i], shape=(b - a, *shape), dtype=dtype)
                 for task, (a, b) in zip(tasks, ranges)
             ]
             flat = da.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
-            nd = flat.reshape(self.loop_shape + out.shape)
+            nd = flat.reshape(self.loop_shape + shape)
             nd.__dask_scheduler__ = run  # dask.compute asks the collection where it runs
+            return nd
+
+        arrays = {}
+        for i, out in enumerate(self.function.outputs):
+            nd = lazy(i, out.shape, out.dtype)
             attrs = {"usid_function": self.function.name, "units": out.units}
             attrs.update(
                 {k: self.data.attrs[k] for k in ("usid_file", "usid_dataset") if k in self.data.attrs}
@@ -224,8 +276,15 @@ class SpectralMap:
         coords = {k: v for k, v in self.data.coords.items() if set(v.dims) <= set(self.loop_dims)}
         if self.function.single:
             (name,) = arrays
-            return xr.DataArray(arrays[name], coords=coords, name=name)
-        return xr.Dataset(arrays, coords=coords, attrs={"usid_function": self.function.name})
+            out = xr.DataArray(arrays[name], coords=coords, name=name)
+        else:
+            out = xr.Dataset(arrays, coords=coords, attrs={"usid_function": self.function.name})
+        if skip:  # computed with the outputs by .compute(); on its own, it runs the function again
+            failed = lazy(len(self.function.outputs), (), np.uint8).astype(bool)
+            failed.__dask_scheduler__ = run
+            # assigned, not passed to the constructor: that deep-copies coordinates, losing the scheduler
+            out = out.assign_coords({FAILED: (self.loop_dims, failed, {"long_name": "function failed"})})
+        return out
 
 
 class _LazyRun:
@@ -254,6 +313,17 @@ class BlockCallback(Callback):
         # a lazy result's block fused with its array's layer: "from-value-lazyusid-block-..."
         if isinstance(name, str) and name.startswith((BLOCK_PREFIX, "from-value-" + BLOCK_PREFIX)):
             self.on_block(key, result)
+
+
+def _cut(flat: da.Array, edges, ranges) -> list:
+    """A flat ``(positions, ...)`` dask array as one delayed chunk per range of positions."""
+    chunks = (tuple(np.diff(edges).tolist()),) + tuple((s,) for s in flat.shape[1:])
+    pieces = dict(zip(edges[:-1], flat.rechunk(chunks).to_delayed(optimize_graph=True).ravel()))
+    return [pieces[a] for a, _ in ranges]
+
+
+def _names(value):
+    return {k: v.name for k, v in value.items()} if isinstance(value, dict) else value.name
 
 
 def _input_name(data: xr.DataArray):
