@@ -67,10 +67,7 @@ def test_per_position_vector_input_and_juggled_dims(scan):
     rng = np.random.default_rng(2)
     guess = xr.DataArray(rng.random((3, N_X, N_Y)), dims=("k", "X", "Y"))  # its own dim first, other order
     expected = np.array(
-        [
-            [np.abs(scan.data[y, x])[:3] - guess.values[:, x, y] for y in range(N_Y)]
-            for x in range(N_X)
-        ]
+        [[np.abs(scan.data[y, x])[:3] - guess.values[:, x, y] for y in range(N_Y)] for x in range(N_X)]
     )
     out = lazyusid.map_spectra(data, shifted, params={"guess": guess}, core_dims="Frequency", cores=1)
     assert out.dims == ("X", "Y", "shifted_dim_0")
@@ -182,9 +179,7 @@ def test_source_001_is_the_guess_in_pyusid(scan, tmp_path, pyusid):
     with h5py.File(scan.path, "r") as h5:
         grp = h5[f.rsplit(":", 1)[1]]
         guess = pyusid.USIDataset(h5[grp.attrs["source_001"]])
-        np.testing.assert_allclose(
-            guess[()].ravel(), np.abs(scan.data).max(-1).ravel(), rtol=1e-6
-        )
+        np.testing.assert_allclose(guess[()].ravel(), np.abs(scan.data).max(-1).ravel(), rtol=1e-6)
 
 
 # -- regions of interest ---------------------------------------------------------------------------
@@ -218,7 +213,9 @@ def test_roi_evaluates_only_its_positions_and_grows(scan):
     larger[3, :] = True
     count.calls = 0
     grown = lazyusid.map_spectra(data, count, roi=larger, store=scan.path, cores=1)
-    assert count.calls == (larger & ~roi).sum() + 1 and grown.attrs["usid_store"] == stored.attrs["usid_store"]
+    assert (
+        count.calls == (larger & ~roi).sum() + 1 and grown.attrs["usid_store"] == stored.attrs["usid_store"]
+    )
     count.calls = 0
     full = lazyusid.map_spectra(data, count, store=scan.path, cores=1)
     assert count.calls == (~larger).sum() + 1 and full.attrs["usid_store"] == stored.attrs["usid_store"]
@@ -330,7 +327,8 @@ def test_stored_selection_keeps_position_coordinates(scan, kind):
     reopened = lazyusid.open_usid(scan.path, stored.attrs["usid_dataset"]).squeeze(drop=True)  # no "Value"
     for label in ("Y", "X"):
         np.testing.assert_allclose(
-            reopened[label].broadcast_like(reopened).values.ravel(), sel[label].broadcast_like(stored).values.ravel()
+            reopened[label].broadcast_like(reopened).values.ravel(),
+            sel[label].broadcast_like(stored).values.ravel(),
         )
     np.testing.assert_allclose(
         np.asarray(reopened.values).ravel(), np.abs(sel.values).sum(-1).ravel(), rtol=1e-6
