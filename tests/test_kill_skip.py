@@ -22,7 +22,7 @@ import kill_target
 import numpy as np
 import pytest
 import zarr
-from test_kill import N_ROWS, N_X, N_Y, KILL_SEED, kill_group, make_target, source  # noqa: F401 - a fixture
+from test_kill import KILL_SEED, N_ROWS, N_X, N_Y, kill_group, make_target, source  # noqa: F401 - a fixture
 
 from lazyusid.core.function import MAX_ERRORS
 from lazyusid.sinks.base import ERRORS, FAILED, MARKERS

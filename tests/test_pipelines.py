@@ -175,7 +175,7 @@ def test_pipeline_rerun_in_a_new_session_computes_nothing(scan, tmp_path):
 
 
 def test_source_001_is_the_guess_in_pyusid(scan, tmp_path, pyusid):
-    _, _, g, f = _pipeline(tmp_path, scan.path, 1.0, 1.0)
+    f = _pipeline(tmp_path, scan.path, 1.0, 1.0)[3]
     with h5py.File(scan.path, "r") as h5:
         grp = h5[f.rsplit(":", 1)[1]]
         guess = pyusid.USIDataset(h5[grp.attrs["source_001"]])
