@@ -12,15 +12,12 @@ driven by :mod:`lazyusid.run.driver` (stored).
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import dask
 import dask.array as da
-import h5py
 import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
@@ -28,47 +25,14 @@ from tqdm.auto import tqdm
 
 from .core.function import SpectralFunction
 from .core.plan import BlockPlan
-from .inputs import flat_inputs, untouched_source
-from .io.rows import RowReader, row_reader
+from .inputs import flat_inputs
+from .io.flat import FlatReader
 from .run.schedulers import Scheduler
-from .usid.layout import read_layout
 
 #: prefix of the keys of block tasks (the progress bar counts them)
 BLOCK_PREFIX = "lazyusid-block-"
 #: name of the per-position failure mask of a result computed with ``on_error="skip"``
 FAILED = "failed_positions"
-
-
-@dataclass(frozen=True)
-class FlatReader:
-    """A main dataset as flat positions ``(rows × n_extra, *core_shape)``: reads runs of positions.
-
-    The C-order flattening of the loop dimensions of an array in file order
-    (positions slowest first, then spectroscopic dimensions slowest first,
-    the function's core dimensions last) is the order of the file's rows; a
-    block of positions is a run of whole or partial rows. Picklable.
-    """
-
-    rows: RowReader
-    core_shape: tuple[int, ...]
-    n_extra: int
-
-    @property
-    def n_positions(self) -> int:
-        return self.rows.n_rows * self.n_extra
-
-    def for_positions(self, a: int, b: int) -> FlatReader:
-        """This reader, carrying only what positions ``a:b`` need (a block task's share)."""
-        return replace(self, rows=self.rows.for_rows(a // self.n_extra, -(-b // self.n_extra)))
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        """Positions ``a:b`` as ``(b - a, *core_shape)``; only the rows holding them are read."""
-        r0, r1 = a // self.n_extra, -(-b // self.n_extra)
-        block = self.rows(r0, r1).reshape((-1, *self.core_shape))
-        offset = a - r0 * self.n_extra
-        if offset == 0 and block.shape[0] == b - a:
-            return block
-        return block[offset : offset + b - a].copy()  # do not hold the rest of the rows
 
 
 class BlockJob:
@@ -358,38 +322,3 @@ def _names(value):
 def _input_name(data: xr.DataArray):
     arr = data.data
     return arr.name if isinstance(arr, da.Array) else dask.base.tokenize(np.asarray(arr))
-
-
-def direct_reader(data: xr.DataArray, n_core_dims: int, *, writes_to: str | None) -> FlatReader | None:
-    """A :class:`FlatReader` of the file's rows when ``data`` is an untouched read in file order, else None.
-
-    Untouched reads are :func:`~lazyusid.open_usid` arrays and stored
-    results (:func:`lazyusid.inputs.untouched_source`); ``writes_to`` is the
-    file results go into (its rows are then trusted by inode, not mtime).
-    """
-    source = untouched_source(data)
-    if source is None:
-        return None
-    path, dataset = source
-    with h5py.File(path, "r") as f:
-        dset = f[dataset]
-        order = data.encoding.get("usid_file_order")
-        if order is None:  # open_usid: positions slowest first, then spectroscopic dims slowest first
-            layout = read_layout(dset)
-            pos, spec = layout.pos, layout.spec
-            order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
-        rows = row_reader(dset, strict=os.path.abspath(path) != writes_to)
-    return flat_reader(data, n_core_dims, file_order=tuple(order), rows=rows)
-
-
-def flat_reader(
-    data: xr.DataArray, n_core_dims: int, *, file_order: tuple, rows: RowReader
-) -> FlatReader | None:
-    """A :class:`FlatReader` of ``rows`` when ``data`` (an untouched source) has its dimensions in file order."""
-    if tuple(data.dims) != tuple(file_order):
-        return None
-    core_shape = tuple(data.shape[len(data.shape) - n_core_dims :]) if n_core_dims else ()
-    core = math.prod(core_shape)
-    if core < 1 or rows.width % core:
-        return None
-    return FlatReader(rows, core_shape, rows.width // core)

@@ -13,6 +13,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .core.function import takes_position
+
 
 def untouched_source(data) -> tuple[str, str] | None:
     """``(file, dataset)`` when ``data`` holds exactly the values :func:`~lazyusid.open_usid` opened, else None.
@@ -221,3 +223,22 @@ def as_roi(roi, data: xr.DataArray, loop_dims) -> np.ndarray | None:
             )
         flat = arr.reshape(-1).copy()
     return flat
+
+
+def call_kwargs(func, params: dict, varying: Mapping, loop_dims, index: Mapping, vectorized: bool) -> dict:
+    """The keyword arguments of ``func`` at one position, as the full run passes them."""
+    kwargs = {**params, **value_at(varying, loop_dims, index)}
+    if "position" not in params and takes_position(func):
+        kwargs["position"] = tuple(index[d] for d in loop_dims)
+    if vectorized:  # a block of one position
+        kwargs.update({k: one_position(kwargs[k]) for k in [*varying, "position"] if k in kwargs})
+    return kwargs
+
+
+def one_position(value):
+    """A per-position value as the block of one position a vectorised function gets."""
+    if isinstance(value, dict):
+        return {k: np.asarray(v)[None] for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(np.asarray([i]) for i in value)
+    return np.asarray(value)[None]
