@@ -18,7 +18,6 @@ checks that run before anything is written, :mod:`lazyusid.sinks.hdf5_group`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -32,7 +31,6 @@ import xarray as xr
 from ..core.function import MAX_ERRORS
 from ..core.identity import to_json
 from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
-from ..io.open import H5Source, lazy_reads
 from ..usid.write import bookkeeping_attrs
 from .base import (
     ERRORS,
@@ -54,7 +52,8 @@ from .hdf5_file import (
     refuse_non_group,
     remove_stale_new_files,
 )
-from .hdf5_group import BUILDING, CHUNK_BYTES, RESERVED_ATTRS, build_group, check_group, refuse_unplain
+from .hdf5_group import BUILDING, RESERVED_ATTRS, build_group, check_group, refuse_unplain
+from .hdf5_read import read_result, stored_errors
 
 #: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
 #: flushes); dask config ``lazyusid.checkpoint-interval`` (env ``DASK_LAZYUSID__CHECKPOINT_INTERVAL``),
@@ -294,7 +293,7 @@ class HDF5Sink(Sink):
         self._dsets = [grp[o.name] for o in self.shape.outputs]
         self._markers = grp[MARKERS]
         self._failed = grp[FAILED] if self.shape.status else None
-        self._errors = _stored_errors(grp)
+        self._errors = stored_errors(grp)
         self._new_errors: list[dict] = []
         self._done = np.asarray(self._markers[()], dtype=np.uint8)
         self._prefix = _prefix(self._done, 0)
@@ -381,28 +380,12 @@ class HDF5Sink(Sink):
 
     def result(self, name: str) -> dict[str, xr.Variable]:
         """The outputs of results group ``name``, lazily (each read opens the file read-only)."""
-        shape = self.shape
-        path = f"{self.group.rstrip('/')}/{name}"
-        out = {}
-        for o in shape.outputs:
-            cols = shape.columns(o)
-            source = H5Source(self.path, f"{path}/{o.name}", (shape.n_rows,), (cols,), o.dtype)
-            rows = max(1, min(shape.n_rows, CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
-            arr = lazy_reads(source, (rows, cols), "usid-result-" + dask.base.tokenize(source, rows))
-            out[o.name] = shape.variable(o, arr)
-            out[o.name].attrs["units"] = o.units
-        if shape.status:
-            source = H5Source(self.path, f"{path}/{FAILED}", (shape.n_rows,), (shape.n_extra,), np.uint8)
-            arr = lazy_reads(
-                source, (shape.n_rows, shape.n_extra), "usid-failed-" + dask.base.tokenize(source)
-            )
-            out[FAILED] = xr.Variable(shape.loop_dims, arr.reshape(shape.pos_shape + shape.extra_shape))
-        return out
+        return read_result(self.path, f"{self.group.rstrip('/')}/{name}", self.shape)
 
     def errors(self, name: str) -> list[dict]:
         """The first errors of results group ``name`` stored with ``on_error="skip"``, by position."""
         with opened(self.path, "r") as f:
-            return _stored_errors(f[f"{self.group.rstrip('/')}/{name}"])
+            return stored_errors(f[f"{self.group.rstrip('/')}/{name}"])
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -427,11 +410,6 @@ def _prefix(done: np.ndarray, start: int) -> int:
     rest = done[start:]
     first = int(np.argmin(rest)) if rest.size else 0  # the first 0, without building an index array
     return int(done.size) if rest.size == 0 or rest[first] else start + first
-
-
-def _stored_errors(grp: h5py.Group) -> list[dict]:
-    text = grp.attrs.get(ERRORS)
-    return json.loads(text.decode() if isinstance(text, bytes) else text) if text is not None else []
 
 
 def _text(value):
