@@ -72,9 +72,9 @@ def prepare_map(
             "client",
         )
     )
+    data, core_dims = as_dataarray(data, core_dims)
     if source is True:
         source = untouched_source(data)
-    data, core_dims = as_dataarray(data, core_dims)
     loop_dims = tuple(d for d in data.dims if d not in core_dims)
     data = data.transpose(*loop_dims, *core_dims)
     if not callable(func):
@@ -236,8 +236,8 @@ def map_spectra(data, func: Callable, **options) -> xr.DataArray | xr.Dataset:
         return prepare_map(data, func, **options).result()
     from .sinks import order_for_store, store_map, target_file
 
-    source = untouched_source(data)
     data, core_dims = as_dataarray(data, options.pop("core_dims"))
+    source = untouched_source(data)
     result_dims = tuple(d for d in data.dims if d not in core_dims)
     data, pos_dims, extra_dims = order_for_store(data, core_dims)
     smap = prepare_map(

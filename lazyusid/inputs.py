@@ -24,10 +24,24 @@ def untouched_source(data) -> tuple[str, str] | None:
     """
     if not isinstance(data, xr.DataArray) or not isinstance(data.data, da.Array):
         return None
-    if data.encoding.get("usid_read") != data.data.name:
+    if data.encoding.get("usid_read") != data.data.name and not _backend_read(data):
         return None
     path, dataset = data.attrs.get("usid_file"), data.attrs.get("usid_dataset")
     return (path, dataset) if path and dataset else None
+
+
+def _backend_read(data: xr.DataArray) -> bool:
+    """Whether ``data`` is a variable of ``xr.open_dataset(..., engine="usid", chunks=...)``, untouched.
+
+    xarray names the dask array it wraps around a backend variable by a
+    token of the file's modification time (``open_dataset-<name>-<token>``,
+    over one ``original-...`` layer), so the name changes once results are
+    written into the file; any selection or computation adds layers.
+    """
+    if "usid_read" not in data.encoding:
+        return False
+    name = data.data.name
+    return name.startswith("open_dataset-") and set(data.data.dask.layers) == {name, f"original-{name}"}
 
 
 def as_dataarray(data, core_dims) -> tuple[xr.DataArray, tuple[Hashable, ...]]:
