@@ -30,6 +30,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .io.open import open_usid
+from .lineage import lineage
 from .process import Process
 from .run.schedulers import shutdown
 from .usid.dimension import Dimension
@@ -58,6 +59,7 @@ __all__ = [
     "apply_at",
     "datasets",
     "is_main",
+    "lineage",
     "list_main",
     "map_spectra",
     "open_usid",

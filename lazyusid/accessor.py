@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 
 import xarray as xr
 
 from .compute import apply_at, map_spectra, plan_spectra
+from .graph import FAILED
+from .lineage import lineage
 from .usid.files import list_main, tree
 
 
@@ -62,6 +65,26 @@ class USIDAccessor:
     )
     test = _on_this_object(apply_at, "Run ``func`` on one position only, exactly as the full run would.")
     plan = _on_this_object(plan_spectra, "The block plan and scheduler, before anything runs.")
+
+    @property
+    def failed(self) -> xr.DataArray:
+        """Where the function raised (``on_error="skip"``): a boolean mask over the positions, a valid ``roi=``."""
+        obj = self._obj
+        if FAILED not in obj.coords:
+            raise ValueError(
+                f"this result has no {FAILED!r}: it was not computed with on_error='skip' (or not by lazyusid)"
+            )
+        return obj.coords[FAILED].reset_coords(drop=True).astype(bool)
+
+    @property
+    def errors(self) -> list[dict]:
+        """The first errors of a stored result computed with ``on_error="skip"``: position, index, type, message."""
+        text = self._obj.attrs.get("usid_errors")
+        return json.loads(text) if text else []
+
+    def lineage(self) -> list[dict]:
+        """The computations behind this stored result, newest first (:func:`lazyusid.lineage`)."""
+        return lineage(self._obj)
 
     @property
     def file(self) -> str:

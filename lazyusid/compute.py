@@ -4,6 +4,7 @@
 dask array, plans blocks of positions under a memory budget, and builds one
 task per block that evaluates the function (in worker processes when it is
 a Python per-spectrum function). Nothing runs until the result is computed.
+The options are defined once, in :mod:`lazyusid.options`.
 """
 
 from __future__ import annotations
@@ -11,72 +12,43 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 
-import h5py
 import numpy as np
 import xarray as xr
 
-from .core.function import OutputsLike, SpectralFunction, infer_outputs
-from .core.plan import BlockPlan, BudgetLike, plan_blocks
-from .graph import SpectralMap, flat_reader
-from .inputs import as_dataarray, position_index, read_spectrum, untouched_source
-from .io.rows import row_reader
+from .core.function import SpectralFunction, infer_outputs
+from .core.plan import BlockPlan, plan_blocks
+from .errors import SpectralFunctionError
+from .graph import SpectralMap
+from .inputs import (
+    as_dataarray,
+    as_roi,
+    call_kwargs,
+    one_position,
+    position_index,
+    read_spectrum,
+    split_params,
+    untouched_source,
+    value_at,
+)
+from .io.flat import direct_reader, how, input_readers
+from .options import CALL, RUN, STORE, takes
 from .run.schedulers import choose_scheduler
-from .usid.layout import read_layout
 
-#: documented once, shared by :func:`map_spectra` and :func:`plan_spectra`
-_ENGINE_DOC = """
-    core_dims : str or sequence of str, optional
-        Dimensions ``func`` works along (default: the spectroscopic
-        dimensions). Any other dimension, including a spectroscopic one not
-        named here, is looped over.
-    params : mapping, optional
-        Keyword arguments for ``func``; scalars, strings, lists, dicts,
-        numpy arrays.
-    outputs : sequence of str or mapping, optional
-        Names of the outputs (for a tuple result) or ``{name: dtype}``,
-        ``{name: {"dtype":, "shape":, "dims":, "units":}}`` or ``{name: Output}``.
-        ``units`` (default ``"a. u."``) are stored with the values.
-        Anything not declared is inferred by running ``func`` on the first
-        real spectrum of the data.
-    vectorized : bool
-        Whether ``func`` takes a block of spectra.
-    budget : int or str, optional
-        Memory for the whole computation, e.g. ``"512MiB"`` (default: a
-        quarter of the available memory).
-    mem_multiplier : float
-        Working memory of ``func`` per spectrum, as a multiple of the spectrum's bytes.
-    positions_per_block : int, optional
-        Force the block size (checked against the budget).
-    cores : int, optional
-        Parallel workers (default: all but one core, both on a 2-core machine;
-        capped at the machine's cores unless ``client`` is given).
-    client : distributed.Client, optional
-        Compute on this cluster (e.g. a dask-jobqueue cluster's client):
-        blocks then read their spectra and evaluate on its workers. Default:
-        the active default client, if any.
-    progress : bool
-        Show a progress bar (tqdm; terminal or notebook) while blocks finish."""
+#: positions tried in turn to infer the outputs with ``on_error="skip"`` (the function may fail at the first)
+INFER_TRIES = 20
 
 
+@takes(CALL, RUN)
 def prepare_map(
     data,
     func: Callable,
     *,
-    core_dims: str | Sequence[Hashable] | None = None,
-    params: Mapping | None = None,
-    outputs: OutputsLike = None,
-    vectorized: bool = False,
-    budget: BudgetLike = None,
-    mem_multiplier: float = 1.0,
-    positions_per_block: int | None = None,
-    cores: int | None = None,
-    client=None,
-    progress: bool = True,
     writes_to: str | None = None,
     source: tuple[str, str] | bool | None = True,
+    **options,
 ) -> SpectralMap:
     """Check the inputs, infer the outputs on a real spectrum, choose the scheduler and plan the blocks.
 
@@ -86,14 +58,30 @@ def prepare_map(
     :func:`~lazyusid.open_usid` input (``True``: find out from ``data``).
     Returns the :class:`~lazyusid.graph.SpectralMap`; nothing runs yet.
     """
+    core_dims, params, outputs, vectorized, budget, roi, on_error, cores, client = (
+        options[k]
+        for k in (
+            "core_dims",
+            "params",
+            "outputs",
+            "vectorized",
+            "budget",
+            "roi",
+            "on_error",
+            "cores",
+            "client",
+        )
+    )
+    data, core_dims = as_dataarray(data, core_dims)
     if source is True:
         source = untouched_source(data)
-    data, core_dims = as_dataarray(data, core_dims)
     loop_dims = tuple(d for d in data.dims if d not in core_dims)
     data = data.transpose(*loop_dims, *core_dims)
-    params = dict(params or {})
     if not callable(func):
         raise TypeError(f"func must be callable, got {func!r}")
+    raw_params = dict(params or {})
+    params, varying = split_params(raw_params, data, loop_dims)
+    mask = as_roi(roi, data, loop_dims)
     n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
     if n_positions == 0 or 0 in data.shape:
         where = (
@@ -105,30 +93,43 @@ def prepare_map(
             f"the data{where} is empty: its shape is {dict(data.sizes)}; there is nothing to map"
         )
 
-    first = {d: 0 for d in loop_dims}
-    sample = read_spectrum(data, loop_dims, first)
-    tic = time.perf_counter()
-    outs, single = infer_outputs(
-        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
-    )
+    if mask is not None and not mask.any():
+        raise ValueError("roi selects no position: there is nothing to compute")
+    # the outputs are inferred at the first position (of the ROI); with on_error="skip", at the first
+    # of the next few where the function does not raise
+    candidates = range(n_positions) if mask is None else np.flatnonzero(mask)
+    for k, at in enumerate(candidates[: INFER_TRIES if on_error == "skip" else 1]):
+        first = position_index(data, loop_dims, int(at))
+        sample = read_spectrum(data, loop_dims, first)
+        kwargs = call_kwargs(func, params, varying, loop_dims, first, vectorized)
+        tic = time.perf_counter()
+        try:
+            outs, single = infer_outputs(
+                func,
+                sample[None] if vectorized else sample,
+                kwargs,
+                outputs,
+                vectorized,
+                position=int(at),
+                coords=first,
+            )
+            break
+        except SpectralFunctionError:
+            if on_error != "skip" or k == min(INFER_TRIES, len(candidates)) - 1:
+                raise
     seconds = time.perf_counter() - tic
-    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
+    function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single, on_error=on_error)
 
     writes_to = os.path.abspath(writes_to) if writes_to is not None else None
-    reader = None
-    if source:
-        path, dataset = source
-        with h5py.File(path, "r") as f:
-            dset = f[dataset]
-            layout = read_layout(dset)
-            rows = row_reader(dset, strict=path != writes_to)
-        pos, spec = layout.pos, layout.spec
-        order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
-        reader = flat_reader(data, len(core_dims), file_order=order, rows=rows)
+    reader = direct_reader(data, len(core_dims), writes_to=writes_to) if source else None
+    readers = input_readers(raw_params, varying, loop_dims, writes_to)
     in_process = None
     if writes_to is not None and writes_to == _abspath(data.attrs.get("usid_file")):
         if reader is None or reader.rows.how == "h5py":
             in_process = "it reads the file results are written into, through HDF5"
+    read_by_hdf5 = {k: v for k, v in varying.items() if how(readers.get(k)) != "lock-free"}
+    if writes_to is not None and any(writes_to == _abspath(f) for f in _files(read_by_hdf5)):
+        in_process = "a per-position input reads the file results are written into, through HDF5"
     scheduler = choose_scheduler(
         vectorized=vectorized,
         estimated_seconds=0.0 if vectorized else seconds * n_positions,
@@ -141,40 +142,43 @@ def prepare_map(
         sample.nbytes,
         sum(o.nbytes for o in outs),
         budget=budget,
-        mem_multiplier=mem_multiplier,
+        mem_multiplier=options["mem_multiplier"],
         blocks_in_flight=scheduler.workers * (2 if scheduler.distributed else 1),
-        positions_per_block=positions_per_block,
+        positions_per_block=options["positions_per_block"],
         workers=scheduler.workers,
         seconds_per_position=0.0 if vectorized else seconds,
     )
     plan = replace(plan, scheduler=str(scheduler))
-    return SpectralMap(data, loop_dims, core_dims, function, plan, scheduler, reader, progress)
+    return SpectralMap(
+        data,
+        loop_dims,
+        core_dims,
+        function,
+        plan,
+        scheduler,
+        reader,
+        options["progress"],
+        inputs=varying,
+        readers=readers,
+        roi=mask,
+    )
 
 
 def _abspath(path) -> str | None:
     return os.path.abspath(path) if path else None
 
 
-def map_spectra(
-    data,
-    func: Callable,
-    *,
-    core_dims: str | Sequence[Hashable] | None = None,
-    params: Mapping | None = None,
-    outputs: OutputsLike = None,
-    vectorized: bool = False,
-    budget: BudgetLike = None,
-    mem_multiplier: float = 1.0,
-    positions_per_block: int | None = None,
-    cores: int | None = None,
-    client=None,
-    progress: bool = True,
-    store=None,
-    group: str | None = None,
-    tool: str | None = None,
-    override: bool = False,
-    resume: str | None = None,
-) -> xr.DataArray | xr.Dataset:
+def _files(varying: Mapping) -> set:
+    """The HDF5 files the per-position inputs read."""
+    files = set()
+    for value in varying.values():
+        arrays = value.data_vars.values() if isinstance(value, xr.Dataset) else [value]
+        files.update(a.attrs["usid_file"] for a in arrays if "usid_file" in a.attrs)
+    return files
+
+
+@takes(CALL, RUN, STORE)
+def map_spectra(data, func: Callable, **options) -> xr.DataArray | xr.Dataset:
     """Apply ``func`` to every spectrum of ``data``: lazily, or into a store with checkpoints.
 
     Parameters
@@ -187,26 +191,7 @@ def map_spectra(
         over ``core_dims``) and returns a scalar, an array of fixed shape, a
         tuple, or a dict of those. With ``vectorized=True``:
         ``func(block, **params)`` gets many spectra at once, positions first,
-        and returns arrays whose first axis has the same length.{engine}
-    store : str, os.PathLike or h5py.Group, optional
-        Compute **now** into this target, block by block with checkpoints,
-        and return the stored result (lazily). An HDF5 file (the source
-        file itself puts a USID results group ``<Main>-<Tool>_NNN`` next to
-        the source dataset; another file or group records where the source
-        is), or a zarr v3 store (a path ending in ``.zarr``). A rerun of the
-        same computation returns the stored result without computing; an
-        interrupted one resumes where it stopped. See ``docs/checkpoints.md``.
-    group : str, optional
-        HDF5 group holding the results group (default: the source dataset's
-        group in the source file, the root in another file).
-    tool : str, optional
-        Tool name in the results group name (default: the function's name).
-    override : bool
-        Compute again into a new results group even if this computation is
-        already stored (for zarr: recompute into the same store).
-    resume : str, optional
-        Name of the partial results group to resume (pyUSID's
-        ``use_partial_computation``); it must hold this same computation.
+        and returns arrays whose first axis has the same length.{options}
 
     Returns
     -------
@@ -238,106 +223,54 @@ def map_spectra(
     >>> amp.compute()                                                   # doctest: +SKIP
     >>> stored = lazyusid.map_spectra(data, f, store="scan.h5")          # doctest: +SKIP
     """
-    options = dict(
-        params=params,
-        outputs=outputs,
-        vectorized=vectorized,
-        budget=budget,
-        mem_multiplier=mem_multiplier,
-        positions_per_block=positions_per_block,
-        cores=cores,
-        client=client,
-        progress=progress,
-    )
+    store = options.pop("store")
+    stored = {k: options.pop(k) for k in ("group", "tool", "override", "resume")}
     if store is None:
-        if group is not None or tool is not None or override or resume is not None:
+        if (
+            stored["group"] is not None
+            or stored["tool"] is not None
+            or stored["override"]
+            or stored["resume"]
+        ):
             raise TypeError("group=, tool=, override= and resume= apply only with store=")
-        return prepare_map(data, func, core_dims=core_dims, **options).result()
+        return prepare_map(data, func, **options).result()
     from .sinks import order_for_store, store_map, target_file
 
+    data, core_dims = as_dataarray(data, options.pop("core_dims"))
     source = untouched_source(data)
-    data, core_dims = as_dataarray(data, core_dims)
     result_dims = tuple(d for d in data.dims if d not in core_dims)
     data, pos_dims, extra_dims = order_for_store(data, core_dims)
     smap = prepare_map(
         data, func, core_dims=core_dims, writes_to=target_file(store), source=source, **options
     )
-    return store_map(
-        smap,
-        store,
-        pos_dims=pos_dims,
-        extra_dims=extra_dims,
-        group=group,
-        tool=tool,
-        override=override,
-        resume=resume,
-        result_dims=result_dims,
-    )
+    return store_map(smap, store, pos_dims=pos_dims, extra_dims=extra_dims, result_dims=result_dims, **stored)
 
 
-map_spectra.__doc__ = map_spectra.__doc__.replace("{engine}", _ENGINE_DOC)
-
-
-def plan_spectra(
-    data,
-    func: Callable,
-    *,
-    core_dims: str | Sequence[Hashable] | None = None,
-    params: Mapping | None = None,
-    outputs: OutputsLike = None,
-    vectorized: bool = False,
-    budget: BudgetLike = None,
-    mem_multiplier: float = 1.0,
-    positions_per_block: int | None = None,
-    cores: int | None = None,
-    client=None,
-    progress: bool = True,
-) -> BlockPlan:
+@takes(CALL, RUN)
+def plan_spectra(data, func: Callable, **options) -> BlockPlan:
     """The :class:`BlockPlan` that :func:`map_spectra` would run, with its scheduler (runs ``func`` once).
 
     Parameters
     ----------
     data, func
-        As for :func:`map_spectra`.{engine}
+        As for :func:`map_spectra`.{options}
     """
-    return prepare_map(
-        data,
-        func,
-        core_dims=core_dims,
-        params=params,
-        outputs=outputs,
-        vectorized=vectorized,
-        budget=budget,
-        mem_multiplier=mem_multiplier,
-        positions_per_block=positions_per_block,
-        cores=cores,
-        client=client,
-        progress=progress,
-    ).plan
+    return prepare_map(data, func, **options).plan
 
 
-plan_spectra.__doc__ = plan_spectra.__doc__.replace("{engine}", _ENGINE_DOC)
-
-
-def apply_at(
-    data,
-    func: Callable,
-    position: int | Mapping[Hashable, int] = 0,
-    *,
-    core_dims: str | Sequence[Hashable] | None = None,
-    params: Mapping | None = None,
-    outputs: OutputsLike = None,
-    vectorized: bool = False,
-):
+@takes(CALL)
+def apply_at(data, func: Callable, position: int | Mapping[Hashable, int] = 0, **options):
     """Run ``func`` on one position only, exactly as :func:`map_spectra` would.
 
     Reads only that spectrum. pyUSID's ``Process.test()``.
 
     Parameters
     ----------
+    data, func
+        As for :func:`map_spectra`.
     position : int or mapping
         Flat index over the loop dimensions, or integer indices per loop
-        dimension, e.g. ``{"X": 19, "Y": 103}``.
+        dimension, e.g. ``{"X": 19, "Y": 103}``.{options}
 
     Returns
     -------
@@ -345,18 +278,26 @@ def apply_at(
         The value (with the output dtype of the full computation); a dict
         by output name when ``func`` returns several outputs.
     """
+    core_dims, params, outputs, vectorized = (
+        options[k] for k in ("core_dims", "params", "outputs", "vectorized")
+    )
     data, core_dims = as_dataarray(data, core_dims)
     loop_dims = tuple(d for d in data.dims if d not in core_dims)
     data = data.transpose(*loop_dims, *core_dims)
     index = position_index(data, loop_dims, position)
     spectrum = read_spectrum(data, loop_dims, index)
-    params = dict(params or {})
+    params, varying = split_params(params, data, loop_dims)
     block = spectrum[None]
     shape = tuple(data.sizes[d] for d in loop_dims)
     flat = int(np.ravel_multi_index(tuple(index[d] for d in loop_dims), shape)) if loop_dims else 0
+    kwargs = call_kwargs(func, params, varying, loop_dims, index, vectorized)
     outs, single = infer_outputs(
-        func, block if vectorized else spectrum, params, outputs, vectorized, position=flat, coords=index
+        func, block if vectorized else spectrum, kwargs, outputs, vectorized, position=flat, coords=index
     )
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
-    values = [v[0] for v in function.evaluate(block, first=flat, loop_shape=shape, loop_dims=loop_dims)]
+    extras = {k: one_position(v) for k, v in value_at(varying, loop_dims, index).items()}
+    evaluated = function.evaluate(
+        block, first=flat, loop_shape=shape, loop_dims=loop_dims, extras=extras or None
+    )
+    values = [v[0] for v in evaluated]
     return values[0] if single else {o.name: v for o, v in zip(outs, values)}

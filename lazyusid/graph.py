@@ -12,9 +12,8 @@ driven by :mod:`lazyusid.run.driver` (stored).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import dask
@@ -25,44 +24,15 @@ from dask.callbacks import Callback
 
 from .core.function import SpectralFunction
 from .core.plan import BlockPlan
-from .io.rows import RowReader
+from .inputs import flat_inputs
+from .io.flat import FlatReader
 from .run.progress import progress_bar
 from .run.schedulers import Scheduler
 
 #: prefix of the keys of block tasks (the progress bar counts them)
 BLOCK_PREFIX = "lazyusid-block-"
-
-
-@dataclass(frozen=True)
-class FlatReader:
-    """A main dataset as flat positions ``(rows × n_extra, *core_shape)``: reads runs of positions.
-
-    The C-order flattening of the loop dimensions of an array in file order
-    (positions slowest first, then spectroscopic dimensions slowest first,
-    the function's core dimensions last) is the order of the file's rows; a
-    block of positions is a run of whole or partial rows. Picklable.
-    """
-
-    rows: RowReader
-    core_shape: tuple[int, ...]
-    n_extra: int
-
-    @property
-    def n_positions(self) -> int:
-        return self.rows.n_rows * self.n_extra
-
-    def for_positions(self, a: int, b: int) -> FlatReader:
-        """This reader, carrying only what positions ``a:b`` need (a block task's share)."""
-        return replace(self, rows=self.rows.for_rows(a // self.n_extra, -(-b // self.n_extra)))
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        """Positions ``a:b`` as ``(b - a, *core_shape)``; only the rows holding them are read."""
-        r0, r1 = a // self.n_extra, -(-b // self.n_extra)
-        block = self.rows(r0, r1).reshape((-1, *self.core_shape))
-        offset = a - r0 * self.n_extra
-        if offset == 0 and block.shape[0] == b - a:
-            return block
-        return block[offset : offset + b - a].copy()  # do not hold the rest of the rows
+#: name of the per-position failure mask of a result computed with ``on_error="skip"``
+FAILED = "failed_positions"
 
 
 class BlockJob:
@@ -71,34 +41,51 @@ class BlockJob:
     A plain object, so that dask does not traverse it when the graph is built.
     """
 
-    __slots__ = ("a", "b", "pick", "reader", "where", "write")
+    __slots__ = ("a", "b", "inputs", "mask", "pick", "reader", "where", "write")
 
-    def __init__(self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None):
+    def __init__(
+        self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None, mask=None, inputs=None
+    ):
         self.a, self.b, self.where, self.reader, self.write, self.pick = a, b, where, reader, write, pick
+        self.mask, self.inputs = mask, inputs
 
     def __reduce__(self):
-        return (_job, (self.a, self.b, self.where, self.reader, self.write, self.pick))
+        return (
+            _job,
+            (self.a, self.b, self.where, self.reader, self.write, self.pick, self.mask, self.inputs),
+        )
 
 
-def _job(a, b, where, reader, write, pick) -> BlockJob:
-    return BlockJob(a, b, where, reader=reader, write=write, pick=pick)
+def _job(a, b, where, reader, write, pick, mask=None, inputs=None) -> BlockJob:
+    return BlockJob(a, b, where, reader=reader, write=write, pick=pick, mask=mask, inputs=inputs)
 
 
-def run_block(function: SpectralFunction, job: BlockJob, block=None):
+def run_block(function: SpectralFunction, job: BlockJob, block=None, extras=None):
     """Read (or take) the job's positions, evaluate the function; a block task's body, on any worker.
 
-    Returns the tuple of outputs (``job.pick``: only that one). With
-    ``job.write`` (a sink's picklable region writer) the outputs are stored
-    here and only ``(a, b)`` is returned.
+    ``extras`` are the block's slices of the per-position inputs. Returns
+    the tuple of outputs (``job.pick``: only that one). With ``job.write`` (a
+    sink's picklable region writer) the outputs are stored here and only
+    ``(a, b)`` is returned (``(a, b, errors)`` with ``on_error="skip"``).
     """
     a, b = job.a, job.b
-    if job.reader is not None:
-        block = job.reader.read(a, b)
-    outs = function.evaluate(block, first=a, **job.where)
+    if job.mask is not None and not job.mask.any():  # outside the region of interest: nothing to read
+        outs = function.filled(b - a)
+    else:
+        if job.reader is not None:
+            block = job.reader.read(a, b)
+        if job.inputs:  # per-position inputs this task reads itself
+            extras = dict(extras or {})
+            for name, reader in job.inputs.items():
+                if isinstance(reader, dict):
+                    extras[name] = {k: r.read(a, b) for k, r in reader.items()}
+                else:
+                    extras[name] = reader.read(a, b)
+        outs = function.evaluate(block, first=a, extras=extras, mask=job.mask, **job.where)
     if job.write is None:
         return outs if job.pick is None else outs[job.pick]
     job.write(a, b, outs)
-    return (a, b)
+    return (a, b) if function.on_error == "raise" else (a, b, outs[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +104,16 @@ class SpectralMap:
     reader : FlatReader or None
         Direct reads of the source's rows, when the input is an untouched
         :func:`~lazyusid.open_usid` array in file order.
+    progress : bool
+    inputs : dict
+        Per-position inputs by parameter name: DataArrays or Datasets with
+        the loop dimensions first (:func:`lazyusid.inputs.split_params`).
+    readers : dict
+        Direct row readers (:class:`FlatReader`, or a dict of them for a
+        Dataset) of the per-position inputs that block tasks read
+        themselves; the others are read through their dask graphs.
+    roi : numpy.ndarray or None
+        Flat boolean mask of the positions to evaluate (None: all).
     """
 
     data: xr.DataArray
@@ -127,6 +124,9 @@ class SpectralMap:
     scheduler: Scheduler
     reader: FlatReader | None = None
     progress: bool = True
+    inputs: dict = field(default_factory=dict)
+    readers: dict = field(default_factory=dict)
+    roi: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"<SpectralMap {self.function.name} on {self.scheduler}: {self.plan!r}>"
@@ -140,6 +140,11 @@ class SpectralMap:
         return tuple(self.data.sizes[d] for d in self.core_dims)
 
     @cached_property
+    def flat_inputs(self) -> dict:
+        """The per-position inputs as flat ``(positions, ...)`` dask arrays (dicts of them for Datasets)."""
+        return flat_inputs({k: v for k, v in self.inputs.items() if k not in self.readers}, self.loop_dims)
+
+    @cached_property
     def token(self) -> str:
         """Names this computation's tasks (not its stored identity: see :mod:`lazyusid.core.identity`)."""
         source = self.reader if self.reader is not None else _input_name(self.data)
@@ -149,7 +154,18 @@ class SpectralMap:
             )
         except Exception:  # pragma: no cover - exotic parameters: a fresh name
             fn = id(self)
-        return dask.base.tokenize(source, fn, self.function.vectorized, self.loop_shape, self.core_shape)
+        extras = {k: _names(v) for k, v in self.flat_inputs.items()}
+        return dask.base.tokenize(
+            source,
+            fn,
+            self.function.vectorized,
+            self.function.on_error,
+            self.loop_shape,
+            self.core_shape,
+            extras,
+            self.readers,
+            self.roi,
+        )
 
     def blocks(
         self, ranges: Sequence[tuple[int, int]], write: Callable | None = None, pick: int | None = None
@@ -164,28 +180,45 @@ class SpectralMap:
         run = dask.delayed(run_block, pure=True)
         suffix = "" if write is None and pick is None else "-" + dask.base.tokenize(write, pick)
         keys = [f"{BLOCK_PREFIX}{self.token}{suffix}-{a:012d}-{b:012d}" for a, b in ranges]
+        edges = sorted({0, self.plan.n_positions, *(x for r in ranges for x in r)})
+        extras = [{} for _ in ranges]
+        for name, value in self.flat_inputs.items():
+            if isinstance(value, dict):
+                parts = {k: _cut(v, edges, ranges) for k, v in value.items()}
+                for i, extra in enumerate(extras):
+                    extra[name] = {k: p[i] for k, p in parts.items()}
+            else:
+                for extra, piece in zip(extras, _cut(value, edges, ranges)):
+                    extra[name] = piece
+        jobs = [
+            BlockJob(
+                a,
+                b,
+                where,
+                reader=None if self.reader is None else self.reader.for_positions(a, b),
+                write=write,
+                pick=pick,
+                mask=None if self.roi is None or self.roi[a:b].all() else self.roi[a:b].copy(),
+                inputs={k: _share(r, a, b) for k, r in self.readers.items()} or None,
+            )
+            for a, b in ranges
+        ]
         if self.reader is not None:  # the task reads its own rows
-            return [
-                run(
-                    function,
-                    BlockJob(a, b, where, reader=self.reader.for_positions(a, b), write=write, pick=pick),
-                    dask_key_name=key,
-                )
-                for key, (a, b) in zip(keys, ranges)
-            ]
+            blocks = [None] * len(ranges)
+        else:
+            blocks = self._input_blocks(edges, ranges)
         return [
-            run(function, BlockJob(a, b, where, write=write, pick=pick), block, dask_key_name=key)
-            for key, block, (a, b) in zip(keys, self._input_blocks(ranges), ranges)
+            run(function, job, block, extra or None, dask_key_name=key)
+            for key, job, block, extra in zip(keys, jobs, blocks, extras)
         ]
 
-    def _input_blocks(self, ranges) -> list:
+    def _input_blocks(self, edges, ranges) -> list:
         """The input's own graph, cut into exactly the given blocks of positions (one chunk each)."""
         n = self.plan.n_positions
-        edges = sorted({0, n, *(x for r in ranges for x in r)})
         chunks = (tuple(np.diff(edges).tolist()),) + tuple((s,) for s in self.core_shape)
         arr = self.data.data
         if isinstance(arr, da.Array):
-            flat = arr.reshape((n, *self.core_shape), merge_chunks=True).rechunk(chunks)
+            flat = arr.reshape((n, *self.core_shape), merge_chunks=True)
         else:
             values = np.asarray(arr).reshape((n, *self.core_shape)).view()
             # a function that mutates its argument must not change the caller's array
@@ -193,8 +226,7 @@ class SpectralMap:
             # named by the token, which holds the values' digest already (no second hash of them)
             name = "lazyusid-input-" + dask.base.tokenize(self.token, chunks)
             flat = da.from_array(values, chunks=chunks, name=name)
-        pieces = dict(zip(edges[:-1], flat.to_delayed(optimize_graph=True).ravel()))
-        return [pieces[a] for a, _ in ranges]
+        return _cut(flat, edges, ranges)
 
     def result(self) -> xr.DataArray | xr.Dataset:
         """The lazy xarray result: a DataArray for one output, a Dataset for several.
@@ -204,18 +236,24 @@ class SpectralMap:
         expression is computed.
         """
         ranges = self.plan.blocks()
-        single = len(self.function.outputs) == 1
+        skip = self.function.on_error == "skip"
+        single = len(self.function.outputs) == 1 and not skip
         tasks = self.blocks(ranges, pick=0 if single else None)
         run = _LazyRun(self.scheduler, len(tasks), self.function.name, self.progress)
-        arrays = {}
-        for i, out in enumerate(self.function.outputs):
+
+        def lazy(i: int, shape: tuple, dtype) -> da.Array:
             pieces = [
-                da.from_delayed(task if single else task[i], shape=(b - a, *out.shape), dtype=out.dtype)
+                da.from_delayed(task if single else task[i], shape=(b - a, *shape), dtype=dtype)
                 for task, (a, b) in zip(tasks, ranges)
             ]
             flat = da.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
-            nd = flat.reshape(self.loop_shape + out.shape)
+            nd = flat.reshape(self.loop_shape + shape)
             nd.__dask_scheduler__ = run  # dask.compute asks the collection where it runs
+            return nd
+
+        arrays = {}
+        for i, out in enumerate(self.function.outputs):
+            nd = lazy(i, out.shape, out.dtype)
             attrs = {"usid_function": self.function.name, "units": out.units}
             attrs.update(
                 {k: self.data.attrs[k] for k in ("usid_file", "usid_dataset") if k in self.data.attrs}
@@ -224,8 +262,15 @@ class SpectralMap:
         coords = {k: v for k, v in self.data.coords.items() if set(v.dims) <= set(self.loop_dims)}
         if self.function.single:
             (name,) = arrays
-            return xr.DataArray(arrays[name], coords=coords, name=name)
-        return xr.Dataset(arrays, coords=coords, attrs={"usid_function": self.function.name})
+            out = xr.DataArray(arrays[name], coords=coords, name=name)
+        else:
+            out = xr.Dataset(arrays, coords=coords, attrs={"usid_function": self.function.name})
+        if skip:  # computed with the outputs by .compute(); on its own, it runs the function again
+            failed = lazy(len(self.function.outputs), (), np.uint8).astype(bool)
+            failed.__dask_scheduler__ = run
+            # assigned, not passed to the constructor: that deep-copies coordinates, losing the scheduler
+            out = out.assign_coords({FAILED: (self.loop_dims, failed, {"long_name": "function failed"})})
+        return out
 
 
 class _LazyRun:
@@ -256,19 +301,24 @@ class BlockCallback(Callback):
             self.on_block(key, result)
 
 
+def _cut(flat: da.Array, edges, ranges) -> list:
+    """A flat ``(positions, ...)`` dask array as one delayed chunk per range of positions."""
+    chunks = (tuple(np.diff(edges).tolist()),) + tuple((s,) for s in flat.shape[1:])
+    pieces = dict(zip(edges[:-1], flat.rechunk(chunks).to_delayed(optimize_graph=True).ravel()))
+    return [pieces[a] for a, _ in ranges]
+
+
+def _share(reader, a: int, b: int):
+    """What a block task needs of an input's row reader(s) for positions ``a:b``."""
+    if isinstance(reader, dict):
+        return {k: r.for_positions(a, b) for k, r in reader.items()}
+    return reader.for_positions(a, b)
+
+
+def _names(value):
+    return {k: v.name for k, v in value.items()} if isinstance(value, dict) else value.name
+
+
 def _input_name(data: xr.DataArray):
     arr = data.data
     return arr.name if isinstance(arr, da.Array) else dask.base.tokenize(np.asarray(arr))
-
-
-def flat_reader(
-    data: xr.DataArray, n_core_dims: int, *, file_order: tuple, rows: RowReader
-) -> FlatReader | None:
-    """A :class:`FlatReader` of ``rows`` when ``data`` (an untouched source) has its dimensions in file order."""
-    if tuple(data.dims) != tuple(file_order):
-        return None
-    core_shape = tuple(data.shape[len(data.shape) - n_core_dims :]) if n_core_dims else ()
-    core = math.prod(core_shape)
-    if core < 1 or rows.width % core:
-        return None
-    return FlatReader(rows, core_shape, rows.width // core)

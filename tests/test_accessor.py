@@ -312,12 +312,6 @@ def test_dataset_accessor(scan, tmp_path):
     np.testing.assert_array_equal(both["peak"].values[..., 0], expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xarray names backend reads with a token of the file's mtime, which the first stored result "
-    "changes; lazyusid no longer matches dask layer names (issue 12), so a reopened backend variable is a "
-    "new input. Recognising it needs the chained identity of issue 13.",
-)
 def test_dataset_accessor_finds_results_after_reopening(scan):
     path, _ = scan
     xr.open_dataset(path, engine="usid", chunks={}).usid.map(peak, store=path, cores=1)

@@ -124,3 +124,20 @@ def value_text(value) -> str:
     if isinstance(value, np.ndarray | np.generic):
         return repr(value.item())
     return repr(value)
+
+
+def fill_value(dtype: np.dtype):
+    """What a value not computed reads as: NaN for floats (also in each float field of a record), else 0.
+
+    Examples
+    --------
+    >>> fill_value(np.dtype([("Amplitude", "f4"), ("n", "i2")]))
+    np.void((nan, 0), dtype=[('Amplitude', '<f4'), ('n', '<i2')])
+    """
+    dtype = np.dtype(dtype)
+    if dtype.names is None:
+        return np.nan if dtype.kind in "fc" else 0
+    fill = np.zeros((), dtype)
+    for name in dtype.names:
+        fill[name] = fill_value(dtype.fields[name][0])
+    return fill[()]

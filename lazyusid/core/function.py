@@ -11,6 +11,7 @@ silent cast.
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import OutputDtypeError, SpectralFunctionError
-from .casting import VERDICTS, Unfit, fit, value_text
+from .casting import VERDICTS, Unfit, fill_value, fit, value_text
+from .describe import coords_text, describe, locate, short
 
 #: units of an output that declares none: arbitrary units, as pyUSID writes them
 DEFAULT_UNITS = "a. u."
+#: what a function may do at a position where it raises: stop the run, or give the fill value there
+ON_ERROR = ("raise", "skip")
+#: errors kept per block (and per stored result) with ``on_error="skip"``
+MAX_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,11 @@ class Output:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
+    @property
+    def fill(self):
+        """What a value not computed reads as (:func:`fill_value` of the dtype)."""
+        return fill_value(self.dtype)
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.str, "dims": list(self.dims)}
         if self.units != DEFAULT_UNITS:  # stored with the values: other units, another stored result
@@ -85,12 +96,16 @@ class SpectralFunction:
         ``func(spectrum, **params)`` or, with ``vectorized=True``,
         ``func(block, **params)`` where ``block`` has the positions first.
     params : mapping
-        Keyword arguments for ``func``.
+        Keyword arguments for ``func`` that are the same at every position.
     outputs : tuple of Output
         What ``func`` returns, in order.
     vectorized : bool
     single : bool
         Whether ``func`` returns one unnamed value (not a tuple or dict).
+    on_error : {"raise", "skip"}
+        At a position where ``func`` raises: stop (raise
+        :class:`~lazyusid.SpectralFunctionError`), or give the outputs their
+        fill value there and record the position as failed.
     """
 
     func: Callable
@@ -98,10 +113,20 @@ class SpectralFunction:
     outputs: tuple[Output, ...]
     vectorized: bool = False
     single: bool = True
+    on_error: str = "raise"
+
+    def __post_init__(self):
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
 
     @property
     def name(self) -> str:
         return getattr(self.func, "__name__", type(self.func).__name__)
+
+    @property
+    def wants_position(self) -> bool:
+        """Whether ``func`` takes a ``position`` keyword (the N-D index of its spectrum, or of the block's)."""
+        return "position" not in self.params and takes_position(self.func)
 
     def split(self, result) -> list:
         """The outputs of one call, in order, checking their number."""
@@ -114,42 +139,127 @@ class SpectralFunction:
             return [result[o.name] for o in self.outputs]
         if not isinstance(result, (tuple, list)) or len(result) != len(self.outputs):
             raise ValueError(
-                f"expected {len(self.outputs)} outputs {[o.name for o in self.outputs]}, got {_describe(result)}"
+                f"expected {len(self.outputs)} outputs {[o.name for o in self.outputs]}, got {describe(result)}"
             )
         return list(result)
 
     def evaluate(
-        self, block: np.ndarray, *, first: int = 0, loop_shape=(), loop_dims=()
-    ) -> tuple[np.ndarray, ...]:
+        self, block: np.ndarray, *, first: int = 0, loop_shape=(), loop_dims=(), extras=None, mask=None
+    ) -> tuple:
         """Run the function over a block of spectra ``(positions, *core)``.
 
         ``first`` is the flat index of the block's first position; with
         ``loop_shape`` and ``loop_dims`` it turns a failure into a message
-        naming the position.
+        naming the position. ``extras`` holds the block's slice of each
+        per-position input (an array with the positions first, or a dict of
+        them for a Dataset); ``mask`` (bool per position) the positions to
+        evaluate, the others keep their fill value. Returns the outputs; with
+        ``on_error="skip"`` followed by ``failed`` (uint8 per position) and
+        the first errors (dicts of position, index, type and message).
         """
         n = block.shape[0]
-        outs = tuple(np.empty((n, *o.shape), dtype=o.dtype) for o in self.outputs)
-        if self.vectorized:
-            try:
-                parts = self.split(self.func(block, **self.params))
-                for out, part, o in zip(outs, parts, self.outputs):
-                    part = np.asarray(part)
-                    if part.shape != out.shape:
-                        raise ValueError(f"output {o.name!r} has shape {part.shape}, expected {out.shape}")
-                    if VERDICTS.get((part.dtype, o.dtype)) is not True:
-                        fit(part, o, rows=True)
-                    out[...] = part
-            except Unfit as unfit:
-                at = first + unfit.row if unfit.row is not None else first
-                stop = None if unfit.row is not None else first + n
-                raise self._unfit_error(unfit, at, stop, loop_shape, loop_dims) from None
-            except Exception as exc:
-                raise self._error(exc, first, first + n, loop_shape, loop_dims) from exc
+        plain = not extras and mask is None and self.on_error == "raise" and not self.wants_position
+        if plain:
+            outs = tuple(np.empty((n, *o.shape), dtype=o.dtype) for o in self.outputs)
+            if self.vectorized:
+                self._vectorized(block, outs, first, loop_shape, loop_dims, self.params)
+            else:
+                self._per_spectrum(block, outs, first, loop_shape, loop_dims)
             return outs
-        params = self.params
+        outs = self.filled(n)[: len(self.outputs)]
+        where = np.arange(n) if mask is None else np.flatnonzero(mask)
+        failed = np.zeros(n, np.uint8)
+        errors: list[dict] = []
+        if self.vectorized and where.size:
+            try:
+                self._vectorized_at(block, outs, where, first, loop_shape, loop_dims, extras)
+                where = where[:0]
+            except SpectralFunctionError:
+                if self.on_error == "raise":
+                    raise
+                # find the positions that fail: one call per position
+        for i in where.tolist():
+            try:
+                if self.vectorized:
+                    self._vectorized_at(block, outs, np.array([i]), first, loop_shape, loop_dims, extras)
+                else:
+                    kwargs = self._kwargs(extras, i, first, loop_shape)
+                    self._per_spectrum(block[i : i + 1], outs, first + i, loop_shape, loop_dims, kwargs, i)
+            except SpectralFunctionError as exc:
+                if self.on_error == "raise":
+                    raise
+                failed[i] = 1
+                for out, o in zip(outs, self.outputs):
+                    out[i] = o.fill
+                if len(errors) < MAX_ERRORS:
+                    cause = exc.__cause__ or exc
+                    errors.append(
+                        {
+                            "position": first + i,
+                            "index": exc.coords,
+                            "type": type(cause).__name__,
+                            "message": str(cause)[:500],
+                        }
+                    )
+        return outs if self.on_error == "raise" else (*outs, failed, errors)
+
+    def filled(self, n: int) -> tuple:
+        """The outputs of ``n`` positions not evaluated: fill values (what :meth:`evaluate` returns)."""
+        outs = tuple(np.full((n, *o.shape), o.fill, dtype=o.dtype) for o in self.outputs)
+        return outs if self.on_error == "raise" else (*outs, np.zeros(n, np.uint8), [])
+
+    def _kwargs(self, extras, i, first, loop_shape, rows=None) -> Mapping:
+        """The keyword arguments at position ``i`` of the block (``rows``: of the positions ``rows``, vectorised)."""
+        if not extras and not self.wants_position:
+            return self.params
+        kwargs = dict(self.params)
+        at = i if rows is None else rows
+        for key, value in (extras or {}).items():
+            kwargs[key] = {k: v[at] for k, v in value.items()} if isinstance(value, dict) else value[at]
+        if self.wants_position:
+            index = np.unravel_index(first + at, loop_shape) if loop_shape else ()
+            kwargs["position"] = (
+                tuple(int(j) for j in index) if rows is None else tuple(np.asarray(j) for j in index)
+            )
+        return kwargs
+
+    def _vectorized_at(self, block, outs, rows, first, loop_shape, loop_dims, extras) -> None:
+        """The vectorised function on the positions ``rows`` of the block."""
+        whole = rows.size == block.shape[0]
+        part = tuple(np.empty((rows.size, *o.shape), dtype=o.dtype) for o in self.outputs)
+        kwargs = self._kwargs(
+            extras, None, first, loop_shape, rows=rows if not whole else np.arange(rows.size)
+        )
+        self._vectorized(
+            block if whole else block[rows], part, first + int(rows[0]), loop_shape, loop_dims, kwargs
+        )
+        for out, values in zip(outs, part):
+            out[rows] = values
+
+    def _vectorized(self, block, outs, first, loop_shape, loop_dims, kwargs) -> None:
+        n = block.shape[0]
+        try:
+            parts = self.split(self.func(block, **kwargs))
+            for out, part, o in zip(outs, parts, self.outputs):
+                part = np.asarray(part)
+                if part.shape != out.shape:
+                    raise ValueError(f"output {o.name!r} has shape {part.shape}, expected {out.shape}")
+                if VERDICTS.get((part.dtype, o.dtype)) is not True:
+                    fit(part, o, rows=True)
+                out[...] = part
+        except Unfit as unfit:
+            at = first + unfit.row if unfit.row is not None else first
+            stop = None if unfit.row is not None else first + n
+            raise self._unfit_error(unfit, at, stop, loop_shape, loop_dims) from None
+        except Exception as exc:
+            raise self._error(exc, first, first + n if n > 1 else None, loop_shape, loop_dims) from exc
+
+    def _per_spectrum(self, block, outs, first, loop_shape, loop_dims, params=None, row=0) -> None:
+        """The function on each spectrum of ``block``, into ``outs`` from row ``row`` on."""
+        params = self.params if params is None else params
         func = self.func
         verdicts = VERDICTS
-        for i in range(n):
+        for i in range(block.shape[0]):
             try:
                 parts = self.split(func(block[i], **params))
                 for out, part, o in zip(outs, parts, self.outputs):
@@ -161,12 +271,11 @@ class SpectralFunction:
                     fits = verdicts.get((type(part) if dtype is None else dtype, o.dtype))
                     if fits is not True and not (fits.__class__ is range and part in fits):
                         part = fit(part, o)
-                    out[i] = part
+                    out[row + i] = part
             except Unfit as unfit:
                 raise self._unfit_error(unfit, first + i, None, loop_shape, loop_dims) from None
             except Exception as exc:
                 raise self._error(exc, first + i, None, loop_shape, loop_dims) from exc
-        return outs
 
     def _unfit_error(self, unfit: Unfit, start, stop, loop_shape, loop_dims) -> OutputDtypeError:
         where, coords = locate(start, stop, loop_shape, loop_dims)
@@ -186,7 +295,7 @@ class SpectralFunction:
             )
         message = (
             f"{head}: output {o.name!r} is {o.dtype}, {origin}; it got {unfit.what}. {fix} "
-            f"(params {_short(self.params)})"
+            f"(params {short(self.params)})"
         )
         return OutputDtypeError(message, position=start, coords=coords)
 
@@ -194,7 +303,7 @@ class SpectralFunction:
         where, coords = locate(start, stop, loop_shape, loop_dims)
         tb = "".join(traceback.format_exception(exc)).rstrip()
         message = (
-            f"{self.name} failed at {where} with params {_short(self.params)}: "
+            f"{self.name} failed at {where} with params {short(self.params)}: "
             f"{type(exc).__name__}: {exc}\n\nOriginal traceback:\n{tb}"
         )
         return SpectralFunctionError(message, position=start, coords=coords)
@@ -218,13 +327,13 @@ def infer_outputs(
     """
     name = getattr(func, "__name__", repr(func))
     coords = dict(coords or {})
-    where = f"position {position}" + _coords_text(coords)
+    where = f"position {position}" + coords_text(coords)
     try:
         result = func(sample, **params)
     except Exception as exc:
         raise SpectralFunctionError(
             f"{name} failed at {where} while lazyusid inferred its outputs, with params "
-            f"{_short(params)}: {type(exc).__name__}: {exc}. Fix the function, or check it with "
+            f"{short(params)}: {type(exc).__name__}: {exc}. Fix the function, or check it with "
             "lazyusid.apply_at(data, func, position).",
             position=position,
             coords=coords,
@@ -308,6 +417,14 @@ def infer_outputs(
     return outs, single
 
 
+def takes_position(func) -> bool:
+    """Whether ``func`` has a parameter named ``position`` (lazyusid then passes the N-D index)."""
+    try:
+        return "position" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 def _declaration(outputs: tuple[Output, ...], fixed: Output, dtype: np.dtype) -> str:
     """``{'amp': 'float64', ...}``: every output, so that none is dropped, ``fixed`` with ``dtype``."""
     items = []
@@ -320,27 +437,3 @@ def _declaration(outputs: tuple[Output, ...], fixed: Output, dtype: np.dtype) ->
             spec["dims"] = o.dims
         items.append(f"{o.name!r}: {spec if len(spec) > 1 else repr(name)}")
     return "{" + ", ".join(items) + "}"
-
-
-def locate(start, stop=None, loop_shape=(), loop_dims=()) -> tuple[str, dict]:
-    """``"position 13 (Y=2, X=1)"`` or ``"the block of positions 10:15 (...)"``, and the N-D indices."""
-    coords = {}
-    if loop_shape:
-        coords = dict(zip(loop_dims, (int(i) for i in np.unravel_index(start, loop_shape))))
-    where = f"position {start}" if stop is None else f"the block of positions {start}:{stop}"
-    return where + _coords_text(coords), coords
-
-
-def _coords_text(coords: Mapping) -> str:
-    return f" ({', '.join(f'{k}={v}' for k, v in coords.items())})" if coords else ""
-
-
-def _describe(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
-
-
-def _short(params: Mapping, limit: int = 200) -> str:
-    text = repr(dict(params))
-    return text if len(text) <= limit else text[: limit - 3] + "..."

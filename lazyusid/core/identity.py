@@ -94,6 +94,7 @@ def computation_token(
     tool: str,
     function,
     source: Mapping,
+    inputs: Mapping | None = None,
 ) -> tuple[str, dict]:
     """The token of mapping ``function`` (a :class:`~lazyusid.core.function.SpectralFunction`) over ``source``.
 
@@ -105,6 +106,8 @@ def computation_token(
     source : mapping
         Plain data describing the input: file, dataset path, shape, dtype,
         loop and core dimensions.
+    inputs : mapping, optional
+        Plain data describing each per-position input, by parameter name.
 
     Returns
     -------
@@ -122,6 +125,10 @@ def computation_token(
         "outputs": [o.to_dict() for o in function.outputs],
         "source": dict(source),
     }
+    if inputs:  # absent otherwise: the tokens of results without them stay what they were
+        identity["inputs"] = dict(inputs)
+    if getattr(function, "on_error", "raise") != "raise":
+        identity["on_error"] = function.on_error
     h = hashlib.sha256()
     _encode(identity, h.update, path="identity")
     _encode(dict(function.params), h.update, path="params")

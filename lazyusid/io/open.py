@@ -231,6 +231,14 @@ def open_usid(
     with open_file(path) as f:
         layout = read_layout(select_main(f, dataset))
         attrs = _main_attrs(f[layout.path])
+        parent = f[layout.path].parent
+        token = parent.attrs.get("lazyusid_token")
+        if token is not None:  # an output of a lazyusid results group: named by the group's token
+            attrs.update(
+                usid_token=token.decode() if isinstance(token, bytes) else str(token),
+                usid_store=f"{path}:{parent.name}",
+                usid_output=layout.path.rsplit("/", 1)[-1],
+            )
     data = source_array(path, layout, chunk_bytes=chunk_bytes)
     coords = _coords(layout)
     attrs.update(

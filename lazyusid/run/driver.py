@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import dask
 
-from ..core.function import locate
+from ..core.describe import locate
 from ..errors import WorkerCrashedError
 from ..graph import BlockCallback
 from .progress import progress_bar
@@ -45,7 +45,8 @@ def run_blocks(
     """Compute the blocks ``ranges`` (positions ``a:b``) of ``smap`` and call ``on_block(a, b, outs)`` for each.
 
     ``on_block`` runs in this thread, as blocks finish (in any order). With
-    ``write`` the tasks store their outputs themselves and ``outs`` is None.
+    ``write`` the tasks store their outputs themselves and ``outs`` is what
+    they return instead (see :func:`lazyusid.graph.run_block`).
     If a block fails, its error is raised once the blocks that finished
     before it were handed over; the rest are cancelled.
     """
@@ -57,7 +58,7 @@ def run_blocks(
 
     def finished(key, result) -> None:
         a, b = by_key[key]
-        on_block(a, b, None if write is not None else result)
+        on_block(a, b, result)
         bar.update()
 
     try:

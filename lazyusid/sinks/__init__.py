@@ -15,22 +15,23 @@ a target and returns the stored result, opened lazily:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import h5py
 import numpy as np
 import xarray as xr
 
-from ..core.identity import computation_token, digest
-from ..io.fingerprint import content_fingerprint
+from ..core.identity import computation_token
 from ..run.driver import run_blocks, say_interrupted
 from ..usid.layout import read_layout, remembering_layouts
-from .base import ResultShape, Sink
+from .base import FAILED, ResultShape, Sink
 from .hdf5 import HDF5Sink
 from .hdf5_file import opened
+from .lineage import input_identity, input_records, inputs_identity
 from .zarr import ZarrSink
 
 __all__ = [
@@ -98,6 +99,7 @@ def store_map(
         raise ValueError("pass either resume= (continue that group) or override=True (a new one), not both")
     with remembering_layouts():  # the source's layout is read once, not per check and per output
         target = prepare_store(smap, store, pos_dims=pos_dims, extra_dims=extra_dims, group=group, tool=tool)
+        roi = _roi_rows(smap, target.n_extra, pos_dims, extra_dims)
         sink, shape, token = target.sink, target.shape, target.token
         found = sink.find(token, resume)
         computed = 0
@@ -115,10 +117,28 @@ def store_map(
                     )
                     done = sink.prepare(token, target.identity, dict(smap.function.params), resume=partial)
                     name = sink.name
+                    if roi is not None:  # only the ROI's rows; rows computed before are kept (and flagged)
+                        keep = roi | done.astype(bool)
+                        sink.flag_only = keep
+                        smap = replace(smap, roi=np.repeat(keep, target.n_extra))
+                        done = done | ~roi
                     computed = _compute(smap, sink, sink.todo(done), target.n_extra)
     out = _as_xarray(sink, name, shape, smap, token, result_dims)
     out.attrs["usid_rows_computed"] = computed
     return out
+
+
+def _roi_rows(smap, n_extra: int, pos_dims, extra_dims) -> np.ndarray | None:
+    """The region of interest as one flag per row of the result (refused if it varies within a row)."""
+    if smap.roi is None:
+        return None
+    rows = smap.roi.reshape(-1, n_extra)
+    if n_extra > 1 and not (rows == rows[:, :1]).all():
+        raise ValueError(
+            f"a stored result is checkpointed per position of {list(pos_dims)}; this roi varies along "
+            f"{list(extra_dims)} within a position. Give a roi over {list(pos_dims)} only; nothing was written."
+        )
+    return rows[:, 0].copy()
 
 
 def _compute(smap, sink: Sink, rows: list[tuple[int, int]], n_extra: int) -> int:
@@ -168,12 +188,14 @@ def prepare_store(smap, store, *, pos_dims, extra_dims, group=None, tool=None) -
         outputs=smap.function.outputs,
         coords={k: v.variable for k, v in data.coords.items() if set(v.dims) <= set(pos_dims + extra_dims)},
         rows_per_block=max(1, smap.plan.positions_per_block // max(1, n_extra)),
+        status=smap.function.on_error == "skip",
     )
     sink = _open_sink(store, group, tool=tool, shape=shape, data=data)
-    source = _source_identity(
-        data, smap.core_dims, in_file=getattr(sink, "in_file", False), direct=smap.reader is not None
-    )
-    token, identity = computation_token(tool=tool, function=smap.function, source=source)
+    in_file = getattr(sink, "path", None) if getattr(sink, "in_file", False) else None
+    source = input_identity(data, smap.core_dims, in_file=in_file, direct=smap.reader is not None)
+    inputs = inputs_identity(smap.inputs, in_file=getattr(sink, "path", None))
+    token, identity = computation_token(tool=tool, function=smap.function, source=source, inputs=inputs)
+    sink.inputs = input_records(data, smap.inputs)
     return StoreTarget(sink, shape, token, identity, n_extra)
 
 
@@ -184,14 +206,20 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         "usid_store": sink.where if sink.kind == "zarr" else f"{sink.where}{name}",
         "usid_token": token,
     }
-    for key in ("usid_file", "usid_dataset"):
-        if key in smap.data.attrs:
-            attrs[key] = smap.data.attrs[key]
-    arrays = {}
+    arrays, reads = {}, {}
     coords = dict(shape.coords)
+    if FAILED in variables:
+        coords[FAILED] = variables[FAILED].astype(bool)
+        coords[FAILED].attrs.update(long_name="function failed")
     for o in shape.outputs:
         var = variables[o.name]
-        var.attrs.update(attrs)
+        var.attrs.update(attrs, usid_output=o.name)
+        if (
+            sink.kind == "hdf5"
+        ):  # the output is a USID main dataset: what it is read from, as open_usid names it
+            var.attrs.update(usid_file=sink.path, usid_dataset=f"{sink.group.rstrip('/')}/{name}/{o.name}")
+        # untouched (the read's own name), the block tasks read its rows directly; its dims are the file's order
+        reads[o.name] = {"usid_read": var.data.name, "usid_file_order": var.dims}
         if o.dtype.names is None:
             arrays[o.name] = var
             continue
@@ -203,8 +231,16 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         out = xr.DataArray(arrays[key], coords=coords, name=key)
     else:
         out = xr.Dataset(arrays, coords=coords, attrs={"usid_function": smap.function.name, **attrs})
-    if result_dims is not None:
+    if result_dims is not None and tuple(out.dims) != tuple(result_dims):
         out = out.transpose(*result_dims, ...)
+    for key, encoding in reads.items():  # set last: constructors and transposes do not keep encodings
+        if isinstance(out, xr.DataArray):
+            out.encoding.update(encoding)
+        elif key in out.data_vars:
+            out[key].encoding.update(encoding)
+    errors = sink.errors(name) if FAILED in variables else None
+    if errors is not None:
+        out.attrs["usid_errors"] = json.dumps(errors)
     return out
 
 
@@ -269,44 +305,6 @@ def _same_positions(path: str, dataset: str, shape: ResultShape) -> bool:
         if coord is None or coord.shape != np.shape(vals) or not np.array_equal(coord.values, vals):
             return False
     return True
-
-
-def _source_identity(data: xr.DataArray, core_dims, *, in_file: bool, direct: bool) -> dict:
-    """Plain data naming the input: dataset path, shape, dtype, dims and a digest of the loop coordinates.
-
-    The file path counts unless results go into the source file itself, so
-    two scans of the same layout mapped into one results file stay apart.
-    An input read ``direct``-ly (the untouched source) is named by dataset,
-    shape and coordinates; any other dask-backed input also by the name of
-    its dask graph, which names the source reads and every selection and
-    computation on them (stable across sessions: reads are named by file,
-    dataset, shape and dtype), and in-memory values by digest: such inputs
-    never pass for the source itself. A file dataset also counts by its
-    content fingerprint (:func:`lazyusid.io.fingerprint.content_fingerprint`:
-    shape, dtype, layout and a sample of rows), so that a source rewritten
-    in place computes anew.
-    """
-    coords = {str(k): np.asarray(v.values) for k, v in data.coords.items() if v.dtype.kind in "biufcmM"}
-    source = {
-        "dims": [str(d) for d in data.dims],
-        "shape": [int(n) for n in data.shape],
-        "dtype": data.dtype.str,
-        "core_dims": [str(d) for d in core_dims],
-        "coords_sha256": digest(coords),
-    }
-    arr = data.data
-    if "usid_dataset" in data.attrs:
-        source["dataset"] = data.attrs["usid_dataset"]
-        source["file"] = None if in_file else os.path.abspath(data.attrs["usid_file"])
-        if not hasattr(arr, "dask"):  # loaded into memory, maybe changed there
-            source["data"] = digest(np.asarray(arr))
-        else:  # read from the file when it runs: what the file holds now
-            source["fingerprint"] = content_fingerprint(data.attrs["usid_file"], data.attrs["usid_dataset"])
-            if not direct:
-                source["graph"] = arr.name
-    else:  # not from a file: identify the values themselves
-        source["data"] = arr.name if hasattr(arr, "dask") else digest(np.asarray(arr))
-    return source
 
 
 def _tool_name(name: str) -> str:

@@ -22,6 +22,10 @@ from ..core.function import Output
 
 #: name of the per-row checkpoint flags, as pyUSID names them
 MARKERS = "completed_positions"
+#: name of the per-position failure flags of a result computed with ``on_error="skip"``
+FAILED = "failed_positions"
+#: attribute holding the first errors (JSON) of a result computed with ``on_error="skip"``
+ERRORS = "lazyusid_errors"
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +42,8 @@ class ResultShape:
     coords : dict of str to xarray.Variable
         Coordinates of the loop dimensions.
     rows_per_block : int
+    status : bool
+        Whether the result records failed positions (``on_error="skip"``).
     """
 
     pos_dims: tuple[Hashable, ...]
@@ -47,6 +53,7 @@ class ResultShape:
     outputs: tuple[Output, ...]
     coords: dict
     rows_per_block: int
+    status: bool = False
 
     @property
     def n_rows(self) -> int:
@@ -91,6 +98,10 @@ class Sink(abc.ABC):
 
     kind: str
     name: str
+    #: where the data and each per-position input come from (:func:`~lazyusid.sinks.lineage.input_records`)
+    inputs: list | None = None
+    #: with a region of interest: the rows whose flags a finished block may set (None: all its rows)
+    flag_only: np.ndarray | None = None
 
     @property
     @abc.abstractmethod
@@ -138,7 +149,23 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def result(self, name: str) -> dict[str, xr.Variable]:
-        """The stored outputs of result ``name``, lazily."""
+        """The stored outputs of result ``name``, lazily (and :data:`FAILED` when recorded)."""
+
+    def errors(self, name: str) -> list[dict]:
+        """The first errors of result ``name`` recorded with ``on_error="skip"`` (position, index, type, message)."""
+        return []
+
+
+def merge_errors(kept: list[dict], new: list[dict], limit: int) -> list[dict]:
+    """The first ``limit`` errors by position, one per position.
+
+    Examples
+    --------
+    >>> merge_errors([{"position": 5}], [{"position": 2}, {"position": 5}], 2)
+    [{'position': 2}, {'position': 5}]
+    """
+    by_position = {e["position"]: e for e in [*kept, *new]}
+    return [by_position[k] for k in sorted(by_position)[:limit]]
 
 
 def check_result_names(shape: ResultShape, where: str) -> None:

@@ -28,10 +28,21 @@ import h5py
 import numpy as np
 import xarray as xr
 
+from ..core.function import MAX_ERRORS
+from ..core.identity import to_json
 from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
-from ..io.open import H5Source, lazy_reads
 from ..usid.write import bookkeeping_attrs
-from .base import MARKERS, Found, ResultShape, Sink, check_result_names, todo_ranges
+from .base import (
+    ERRORS,
+    FAILED,
+    MARKERS,
+    Found,
+    ResultShape,
+    Sink,
+    check_result_names,
+    merge_errors,
+    todo_ranges,
+)
 from .hdf5_file import (
     NEW_FILE_SUFFIX,
     alive,
@@ -41,7 +52,8 @@ from .hdf5_file import (
     refuse_non_group,
     remove_stale_new_files,
 )
-from .hdf5_group import BUILDING, CHUNK_BYTES, RESERVED_ATTRS, build_group, check_group, refuse_unplain
+from .hdf5_group import BUILDING, RESERVED_ATTRS, build_group, check_group, refuse_unplain
+from .hdf5_read import read_result, stored_errors
 
 #: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
 #: flushes); dask config ``lazyusid.checkpoint-interval`` (env ``DASK_LAZYUSID__CHECKPOINT_INTERVAL``),
@@ -249,6 +261,7 @@ class HDF5Sink(Sink):
                 positions=src[self.source_dataset] if src is not None else None,
                 source=source,
                 source_ref=f[self.source_dataset].ref if self.in_file else None,
+                inputs=self.inputs,
             )
         finally:
             if src is not None and not self.in_file:
@@ -268,12 +281,20 @@ class HDF5Sink(Sink):
             want = (self.shape.n_rows, self.shape.columns(out))
             if not isinstance(dset, h5py.Dataset) or dset.shape != want or dset.dtype != out.dtype:
                 problems.append(f"no dataset {out.name!r} of shape {want} and dtype {out.dtype}")
+        failed = grp.get(FAILED)
+        if self.shape.status and (
+            not isinstance(failed, h5py.Dataset) or failed.shape != (self.shape.n_rows, self.shape.n_extra)
+        ):
+            problems.append(f"no {FAILED} of {self.shape.n_rows} rows")
         return problems
 
     def _attach(self, grp: h5py.Group) -> np.ndarray:
         self._group = grp
         self._dsets = [grp[o.name] for o in self.shape.outputs]
         self._markers = grp[MARKERS]
+        self._failed = grp[FAILED] if self.shape.status else None
+        self._errors = stored_errors(grp)
+        self._new_errors: list[dict] = []
         self._done = np.asarray(self._markers[()], dtype=np.uint8)
         self._prefix = _prefix(self._done, 0)
         self._pending: list[tuple[int, int]] = []
@@ -307,6 +328,9 @@ class HDF5Sink(Sink):
         try:
             for dset, arr in zip(self._dsets, outs):
                 dset[r0:r1] = np.asarray(arr).reshape(r1 - r0, -1)
+            if self._failed is not None:  # outs: the outputs, then failed flags and errors
+                self._failed[r0:r1] = np.asarray(outs[-2]).reshape(r1 - r0, -1)
+                self._new_errors.extend(outs[-1])
         except (OSError, RuntimeError) as exc:
             if not is_disk_full(exc):
                 raise
@@ -325,6 +349,10 @@ class HDF5Sink(Sink):
         done = self._done.copy()
         try:
             self._file.flush()
+            if self._new_errors:  # with the flags: a kill before them computes (and records) the rows again
+                self._errors = merge_errors(self._errors, self._new_errors, MAX_ERRORS)
+                self._group.attrs[ERRORS] = to_json(self._errors)
+                self._new_errors = []
             for r0, r1 in merged:
                 self._markers[r0:r1] = 1
                 done[r0:r1] = 1
@@ -352,17 +380,12 @@ class HDF5Sink(Sink):
 
     def result(self, name: str) -> dict[str, xr.Variable]:
         """The outputs of results group ``name``, lazily (each read opens the file read-only)."""
-        shape = self.shape
-        path = f"{self.group.rstrip('/')}/{name}"
-        out = {}
-        for o in shape.outputs:
-            cols = shape.columns(o)
-            source = H5Source(self.path, f"{path}/{o.name}", (shape.n_rows,), (cols,), o.dtype)
-            rows = max(1, min(shape.n_rows, CHUNK_BYTES * 16 // max(1, cols * o.dtype.itemsize)))
-            arr = lazy_reads(source, (rows, cols), "usid-result-" + dask.base.tokenize(source, rows))
-            out[o.name] = shape.variable(o, arr)
-            out[o.name].attrs["units"] = o.units
-        return out
+        return read_result(self.path, f"{self.group.rstrip('/')}/{name}", self.shape)
+
+    def errors(self, name: str) -> list[dict]:
+        """The first errors of results group ``name`` stored with ``on_error="skip"``, by position."""
+        with opened(self.path, "r") as f:
+            return stored_errors(f[f"{self.group.rstrip('/')}/{name}"])
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

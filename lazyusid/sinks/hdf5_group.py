@@ -18,13 +18,14 @@ import os
 import h5py
 import numpy as np
 
+from ..core.casting import fill_value
 from ..core.function import Output
 from ..core.identity import to_json
 from ..errors import StoreConflictError
 from ..usid.dimension import Dimension
 from ..usid.files import unplain_storage
-from ..usid.write import ANCILLARY_NAMES, bookkeeping_attrs, write_main
-from .base import MARKERS, ResultShape
+from ..usid.write import ANCILLARY_NAMES, Points, bookkeeping_attrs, write_main
+from .base import ERRORS, FAILED, MARKERS, ResultShape
 from .hdf5_file import opened
 
 #: attributes lazyusid writes on a results group (parameters never overwrite them)
@@ -38,6 +39,8 @@ RESERVED_ATTRS = {
     "lazyusid_token",
     "lazyusid_identity",
     "lazyusid_format_version",
+    "lazyusid_inputs",
+    ERRORS,
     *bookkeeping_attrs(),
 }
 #: largest chunk of a result dataset
@@ -59,13 +62,18 @@ def build_group(
     positions: h5py.Dataset | None,
     source: tuple[str, str] | None,
     source_ref: h5py.Reference | None = None,
+    inputs: list | None = None,
 ) -> h5py.Group:
     """Write the skeleton of a results group as ``parent[BUILDING]`` and return it.
 
     ``positions`` is a main dataset whose position ancillaries the outputs
     reuse (copied when it lies in another file), or None for new ones;
     ``source`` the source's ``(file, dataset)``, recorded as ``source_000``
-    (``source_ref``, in the same file) or by path.
+    (``source_ref``, in the same file) or by path; ``inputs`` where the data
+    and each per-position input come from
+    (:func:`~lazyusid.sinks.lineage.input_records`): every input in this file
+    is also an object reference ``source_001``, … (pyUSID's
+    ``num_source_dsets``), and all of them are the ``lazyusid_inputs`` JSON.
     """
     grp = parent.create_group(BUILDING)
     pos_dims = positions if positions is not None else _pos_dims(shape)
@@ -85,7 +93,7 @@ def build_group(
             dtype=out.dtype,
             ancillary_suffix=_suffix(shape, out),
             chunks=(rows, cols),
-            fillvalue=_fill_value(out.dtype),
+            fillvalue=fill_value(out.dtype),
         )
         pos_dims = main  # later outputs share the position ancillaries
     grp.attrs["tool"] = tool
@@ -94,6 +102,18 @@ def build_group(
         grp.attrs["source_000"] = source_ref
     elif source is not None:
         grp.attrs["source_file_path"], grp.attrs["source_dataset_path"] = source
+    here = os.path.abspath(parent.file.filename)
+    refs = [
+        parent.file[i["dataset"]].ref
+        for i in (inputs or [])[1:]
+        if i.get("file") and os.path.abspath(i["file"]) == here and i.get("dataset") in parent.file
+    ]
+    for k, ref in enumerate(refs, start=1):
+        grp.attrs[f"source_{k:03d}"] = ref
+    if refs:
+        grp.attrs["num_source_dsets"] = 1 + len(refs)
+    if inputs:
+        grp.attrs["lazyusid_inputs"] = to_json(inputs)
     grp.attrs.update(bookkeeping_attrs())
     for key, value in params.items():
         plain = _plain(value)
@@ -102,6 +122,15 @@ def build_group(
     grp.attrs["lazyusid_identity"] = to_json(identity)
     grp.attrs["lazyusid_format_version"] = identity["format_version"]
     grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0)
+    if shape.status:  # one flag per position (row × loop positions inside it): 1 where the function raised
+        rows = max(1, min(shape.rows_per_block, shape.n_rows))
+        grp.create_dataset(
+            FAILED,
+            shape=(shape.n_rows, shape.n_extra),
+            dtype=np.uint8,
+            fillvalue=0,
+            chunks=(rows, shape.n_extra),
+        )
     grp.attrs["last_pixel"] = 0
     grp.attrs["lazyusid_token"] = token
     return grp
@@ -170,7 +199,7 @@ def check_group(
 
 def check_names(shape: ResultShape, where: str) -> None:
     """Raise :class:`ValueError` for an output name HDF5, pyUSID or the results group reserves."""
-    taken = {MARKERS: "the checkpoint flags"}
+    taken = {MARKERS: "the checkpoint flags", FAILED: "the failure flags"}
     for out in shape.outputs:
         for name in ANCILLARY_NAMES:
             taken[name + _suffix(shape, out)] = f"an ancillary dataset of output {out.name!r}"
@@ -203,7 +232,7 @@ def _check_storable(mem: h5py.File, out: Output, shape: ResultShape, where: str)
         )
     try:
         mem.create_dataset(
-            f"dtype-{out.name}", shape=(1, 1), dtype=out.dtype, fillvalue=_fill_value(out.dtype)
+            f"dtype-{out.name}", shape=(1, 1), dtype=out.dtype, fillvalue=fill_value(out.dtype)
         )
     except (TypeError, ValueError) as exc:
         raise TypeError(
@@ -242,23 +271,21 @@ def _suffix(shape: ResultShape, out: Output) -> str:
     return "" if len(shape.outputs) == 1 else f"_{out.name}"
 
 
-def _fill_value(dtype: np.dtype):
-    """What unwritten values read as: NaN for floats (also in each float field of a record), else 0.
-
-    Examples
-    --------
-    >>> _fill_value(np.dtype([("Amplitude", "f4"), ("n", "i2")]))
-    np.void((nan, 0), dtype=[('Amplitude', '<f4'), ('n', '<i2')])
-    """
-    if dtype.names is None:
-        return np.nan if dtype.kind in "fc" else 0
-    fill = np.zeros((), dtype)
-    for name in dtype.names:
-        fill[name] = _fill_value(dtype.fields[name][0])
-    return fill[()]
-
-
-def _pos_dims(shape: ResultShape) -> list[Dimension]:
+def _pos_dims(shape: ResultShape) -> list[Dimension] | Points:
+    """The result's positions: a grid of dimensions, or the points of a point selection (their coordinates)."""
+    if len(shape.pos_dims) == 1:
+        (dim,) = shape.pos_dims
+        along = {
+            str(k): v
+            for k, v in shape.coords.items()
+            if k != dim and v.dims == (dim,) and v.dtype.kind in "biuf"
+        }
+        if along:  # e.g. Y(pt), X(pt) of data.isel(Y=[...], X=[...]) along one new dimension "pt"
+            return Points(
+                tuple(along),
+                tuple(str(v.attrs.get("units", "")) for v in along.values()),
+                np.stack([np.asarray(v.values, dtype=np.float64) for v in along.values()], axis=1),
+            )
     return [_dimension(shape, d, n) for d, n in zip(shape.pos_dims, shape.pos_shape)]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import itertools
+import json
 import math
 import os
 import shutil
@@ -27,10 +28,11 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from ..core.function import MAX_ERRORS, Output
 from ..core.identity import to_json
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..usid.write import bookkeeping_attrs
-from .base import MARKERS, Found, ResultShape, Sink, boxes, check_result_names
+from .base import ERRORS, FAILED, MARKERS, Found, ResultShape, Sink, boxes, check_result_names, merge_errors
 from .hdf5_file import alive
 from .zarr_checks import check_names, check_skeleton, metadata_problems
 
@@ -194,6 +196,12 @@ class ZarrSink(Sink):
                 {"units": o.units},
             )
         data_vars[MARKERS] = (shape.pos_dims, da.zeros(shape.pos_shape, dtype=np.uint8, chunks=pos_chunks))
+        if shape.status:
+            full = shape.pos_shape + shape.extra_shape
+            data_vars[FAILED] = (
+                shape.loop_dims,
+                da.zeros(full, dtype=np.uint8, chunks=pos_chunks + shape.extra_shape),
+            )
         coords = {k: v for k, v in shape.coords.items()}
         attrs = {
             "tool": self.tool,
@@ -204,9 +212,13 @@ class ZarrSink(Sink):
         }
         if self.source_file is not None:
             attrs.update(source_file_path=self.source_file, source_dataset_path=self.source_dataset)
+        if self.inputs:
+            attrs["lazyusid_inputs"] = to_json(self.inputs)
         ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
         encoding = {o.name: {"fill_value": np.nan} for o in shape.outputs if o.dtype.kind in "fc"}
         encoding[MARKERS] = {"fill_value": 0}
+        if shape.status:
+            encoding[FAILED] = {"fill_value": 0}
         return ds, encoding
 
     def _create(self, token: str, identity: dict) -> None:
@@ -241,9 +253,15 @@ class ZarrSink(Sink):
                 f"{self.path} was deleted (its {gone} is gone) while lazyusid computed into it; nothing more is "
                 "written into it. Run the same call again to compute into a new store."
             )
-        for index, _, _ in boxes(r0, r1, self.shape.pos_shape):
-            self._markers[index] = np.ones(tuple(s.stop - s.start for s in index), np.uint8)
-        self._done[r0:r1] = 1
+        flags = (
+            np.ones(r1 - r0, np.uint8) if self.flag_only is None else self.flag_only[r0:r1].astype(np.uint8)
+        )
+        for index, i, j in boxes(r0, r1, self.shape.pos_shape):
+            self._markers[index] = flags[i - r0 : j - r0].reshape(tuple(s.stop - s.start for s in index))
+        if isinstance(outs, tuple) and len(outs) == 3 and outs[2]:  # (a, b, errors) of on_error="skip"
+            errors = merge_errors(_errors(self._group.attrs), outs[2], MAX_ERRORS)
+            self._group.attrs[ERRORS] = to_json(errors)
+        self._done[r0:r1] |= flags
         rest = np.flatnonzero(self._done == 0)
         self._group.attrs["last_pixel"] = int(rest[0]) if rest.size else int(self._done.size)
 
@@ -252,7 +270,12 @@ class ZarrSink(Sink):
 
     def result(self, name: str = "/") -> dict[str, xr.Variable]:
         ds = xr.open_zarr(self.path, consolidated=False, zarr_format=3)
-        return {o.name: ds[o.name].variable for o in self.shape.outputs}
+        names = [o.name for o in self.shape.outputs] + ([FAILED] if self.shape.status else [])
+        return {k: ds[k].variable for k in names}
+
+    def errors(self, name: str = "/") -> list[dict]:
+        """The first errors stored with ``on_error="skip"``, by position."""
+        return _errors(zarr.open_group(self.path, mode="r", zarr_format=3).attrs)
 
 
 class ZarrRegion:
@@ -281,12 +304,20 @@ class ZarrRegion:
                 "or changed, while lazyusid computed into it); nothing was written. Run the same call again."
             )
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        for o, values in zip(shape.outputs, outs):
+        arrays = list(zip(shape.outputs, outs))
+        if shape.status:  # outs: the outputs, then the failed flags and the errors
+            arrays.append((Output(FAILED, (), np.uint8), outs[len(shape.outputs)]))
+        for o, values in arrays:
             arr = group[o.name]
             values = np.asarray(values).reshape((r1 - r0, *shape.extra_shape, *o.shape))
             for index, i, j in boxes(r0, r1, shape.pos_shape):
                 box = tuple(s.stop - s.start for s in index)
                 arr[index] = values[i - r0 : j - r0].reshape(box + values.shape[1:])
+
+
+def _errors(attrs) -> list[dict]:
+    text = attrs.get(ERRORS)
+    return json.loads(text) if text else []
 
 
 def _missing_metadata(path: str, arrays) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from .base import MARKERS, ResultShape
+from .base import FAILED, MARKERS, ResultShape
 
 #: zarr codecs lazyusid's stores may use (what zarr writes by default, and the usual compressors)
 _KNOWN_CODECS = {"bytes", "zstd", "blosc", "gzip", "crc32c", "transpose"}
@@ -84,6 +84,8 @@ def metadata_problems(group: zarr.Group, shape: ResultShape) -> list[str]:
         (o.name, shape.loop_dims + o.dims, shape.pos_shape + shape.extra_shape + o.shape, o.dtype, o.shape)
         for o in shape.outputs
     ]
+    if shape.status:
+        wanted.append((FAILED, shape.loop_dims, shape.pos_shape + shape.extra_shape, "uint8", ()))
     for name, dims, full, dtype, core in wanted:
         try:
             arr = group[name]
