@@ -14,7 +14,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from . import accessor, datasets
 from .compute import apply_at, map_spectra, plan_spectra
-from .core.function import Output
+from .core.function import SAME_UNITS, Output
 from .core.plan import BlockPlan, parse_budget
 from .errors import (
     BudgetError,
@@ -38,6 +38,7 @@ from .usid.layout import is_main, read_layout, validate_main
 from .usid.write import write_main
 
 __all__ = [
+    "SAME_UNITS",
     "BlockPlan",
     "BudgetError",
     "DatasetSelectionError",

@@ -109,7 +109,14 @@ def prepare_map(
     sample = read_spectrum(data, loop_dims, first)
     tic = time.perf_counter()
     outs, single = infer_outputs(
-        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
+        func,
+        sample[None] if vectorized else sample,
+        params,
+        outputs,
+        vectorized,
+        position=0,
+        coords=first,
+        input_units=data.attrs.get("units"),
     )
     seconds = time.perf_counter() - tic
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
@@ -355,7 +362,14 @@ def apply_at(
     shape = tuple(data.sizes[d] for d in loop_dims)
     flat = int(np.ravel_multi_index(tuple(index[d] for d in loop_dims), shape)) if loop_dims else 0
     outs, single = infer_outputs(
-        func, block if vectorized else spectrum, params, outputs, vectorized, position=flat, coords=index
+        func,
+        block if vectorized else spectrum,
+        params,
+        outputs,
+        vectorized,
+        position=flat,
+        coords=index,
+        input_units=data.attrs.get("units"),
     )
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
     values = [v[0] for v in function.evaluate(block, first=flat, loop_shape=shape, loop_dims=loop_dims)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from .casting import VERDICTS, Unfit, fit, value_text
 
 #: units of an output that declares none: arbitrary units, as pyUSID writes them
 DEFAULT_UNITS = "a. u."
+#: declared units meaning "the input's units" (its ``attrs["units"]``), resolved when the outputs are inferred
+SAME_UNITS = "same"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class Output:
         Names of the new dimensions (default ``f"{name}_dim_{i}"``).
     units : str
         Units of the values, stored with them (the USID ``units`` attribute;
-        default ``"a. u."``, arbitrary units).
+        default ``"a. u."``, arbitrary units). ``"same"`` (:data:`SAME_UNITS`)
+        stands for the input's units until :func:`infer_outputs` replaces it
+        with them.
     inferred_at : int, optional
         The position whose value the dtype was inferred from (``None``:
         declared). Only for messages: not part of equality or identity.
@@ -209,13 +213,22 @@ def infer_outputs(
     *,
     position: int = 0,
     coords: Mapping | None = None,
+    input_units: str | None = None,
 ):
     """Run ``func`` on a real sample and describe its outputs.
 
     ``sample`` is one spectrum (per-spectrum) or a block of a few spectra
     (vectorised), taken at flat ``position`` (N-D indices ``coords``), which
     a failure names. Returns ``(outputs, single)``.
+
+    An output declared with ``units="same"`` (:data:`SAME_UNITS`) gets
+    ``input_units``, the units of the data (``data.attrs["units"]``, as
+    :func:`lazyusid.open_usid` sets them): the outputs returned, and so the
+    stored result and its token, hold the real units. Data without units
+    (``input_units=None``, e.g. a NumPy array) have arbitrary units, and so
+    has such an output: ``"a. u."``.
     """
+    same = DEFAULT_UNITS if input_units is None else str(input_units)
     name = getattr(func, "__name__", repr(func))
     coords = dict(coords or {})
     where = f"position {position}" + _coords_text(coords)
@@ -269,7 +282,7 @@ def infer_outputs(
         shape = value.shape[1:] if vectorized else value.shape
         spec = declared.get(output)
         if isinstance(spec, Output):
-            result_outputs.append(spec)
+            result_outputs.append(replace(spec, units=same) if spec.units == SAME_UNITS else spec)
             continue
         dtype, dims, units, inferred_at = value.dtype, None, DEFAULT_UNITS, position
         if isinstance(spec, Mapping):
@@ -284,6 +297,8 @@ def infer_outputs(
             shape = tuple(spec.get("shape", shape))
             dims = spec.get("dims")
             units = spec.get("units", units)
+            if units == SAME_UNITS:
+                units = same
         elif spec is not None:
             dtype, inferred_at = spec, None
         if np.dtype(dtype).kind in "OUS":
