@@ -121,3 +121,19 @@ def test_same_units_of_a_numpy_input_are_arbitrary_units():
     amp = lazyusid.map_spectra(data, peak, outputs={"peak": {"units": "same"}}, cores=1)
     assert amp.attrs["units"] == DEFAULT_UNITS
     np.testing.assert_array_equal(amp.values, np.abs(values).max(axis=-1))
+
+
+@pytest.mark.parametrize("target", ["scan.h5", "out.zarr"])
+def test_a_stored_result_names_its_quantity_and_units_as_open_usid_does(write_usid, tmp_path, target):
+    scan = write_usid(units="V")
+    data = lazyusid.open_usid(scan.path, scan.dataset)
+    declared = {"peak": {"units": "same"}, "width": {"units": "Hz"}}
+    stored = lazyusid.map_spectra(data, peak_and_width, outputs=declared, store=tmp_path / target, cores=1)
+    for name, units in (("peak", "V"), ("width", "Hz")):
+        attrs = stored[name].attrs
+        assert (attrs["quantity"], attrs["long_name"], attrs["units"]) == (name, name, units)
+    if target.endswith(".h5"):  # the same as the USID main dataset says, read by open_usid
+        reopened = lazyusid.open_usid(scan.path, stored.attrs["usid_store"].rpartition(":")[2] + "/peak")
+        assert {k: reopened.attrs[k] for k in ("quantity", "long_name", "units")} == {
+            k: stored["peak"].attrs[k] for k in ("quantity", "long_name", "units")
+        }

@@ -191,7 +191,7 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
     coords = dict(shape.coords)
     for o in shape.outputs:
         var = variables[o.name]
-        var.attrs.update(attrs)
+        var.attrs.update(attrs, quantity=o.name, long_name=o.name)  # as open_usid names a main dataset's
         if o.dtype.names is None:
             arrays[o.name] = var
             continue
