@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from . import accessor, datasets
+from . import accessor, datasets, plots
 from .compute import apply_at, map_spectra, plan_spectra
 from .core.function import SAME_UNITS, Output
 from .core.plan import BlockPlan, parse_budget
@@ -64,6 +64,7 @@ __all__ = [
     "open_usid",
     "parse_budget",
     "plan_spectra",
+    "plots",
     "read_layout",
     "shutdown",
     "tree",

@@ -4,7 +4,7 @@
 callable, its parameters, whether it is per-spectrum or per-block, and the
 declared (or inferred) outputs. :meth:`SpectralFunction.evaluate` runs it
 over one block of spectra and reports failures with their position. Every
-value must fit its output's dtype without loss (DESIGN.md, decision 9):
+value must fit its output's dtype without loss (docs/design.md, decision 9):
 ``np.can_cast(value, dtype, "same_kind")``, integers by value, never a
 silent cast.
 """
