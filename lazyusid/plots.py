@@ -3,17 +3,24 @@
 :func:`si_prefix` picks the prefix that shows values between 1 and 1000
 (``6.2e-07 m`` → ``620 nm``), :func:`rescaled` applies it to a DataArray's
 data and coordinates so that xarray's own ``.plot()`` labels the axes and
-the colour bar with the prefixed units. :func:`demo_figures` builds the
-figures ``lazyusid demo`` saves.
+the colour bar with the prefixed units; :func:`map_axes` draws a map in
+its coordinates' units. :func:`demo_figures` builds the figures
+``lazyusid demo`` saves (:func:`comparison_figure`, :func:`spectrum_figure`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 #: the SI prefixes by power of ten
 PREFIXES = {-15: "f", -12: "p", -9: "n", -6: "µ", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T"}
@@ -99,8 +106,12 @@ def label(data: xr.DataArray, default: str = "") -> str:
     return f"{name} ({units})" if units else str(name)
 
 
-def map_axes(ax, image: xr.DataArray, **kwargs):
-    """Draw a 2-D map with ``imshow`` in its coordinates' units, equal aspect, labelled axes; returns the image."""
+def map_axes(ax: Axes, image: xr.DataArray, **kwargs: Any) -> AxesImage:
+    """Draw a ``(Y, X)`` map with ``imshow`` in its coordinates' units, equal aspect, labelled axes.
+
+    ``kwargs`` go to :meth:`xarray.DataArray.plot.imshow` (no colour bar
+    unless ``add_colorbar=True``). Returns the image, for a colour bar.
+    """
     image = rescaled(image, values=False)
     y, x = image.dims
     kwargs.setdefault("add_colorbar", False)
@@ -111,7 +122,7 @@ def map_axes(ax, image: xr.DataArray, **kwargs):
 
 def demo_figures(
     data: xr.DataArray, amplitude: xr.DataArray, expected, probe: Mapping[str, int], value: float
-):
+) -> dict[str, Figure]:
     """The figures of ``lazyusid demo``: the map beside its ground truth and the difference; the tested spectrum.
 
     Parameters
@@ -132,19 +143,31 @@ def demo_figures(
     dict of str to matplotlib.figure.Figure
         ``"peak_amplitude"`` and ``"tested_spectrum"``.
     """
-    import matplotlib.pyplot as plt
-
-    amplitude = amplitude.squeeze(drop=True).assign_attrs(long_name="found peak amplitude")
-    truth = amplitude.copy(data=np.asarray(expected, dtype=np.float64)).assign_attrs(
+    found = amplitude.squeeze(drop=True).assign_attrs(long_name="found peak amplitude")
+    truth = found.copy(data=np.asarray(expected, dtype=np.float64)).assign_attrs(
         long_name="ground truth |R(w0)| = A·Q"
     )
-    difference = (amplitude - truth).assign_attrs(
-        long_name="found − ground truth", units=amplitude.attrs["units"]
-    )
-    factor, units = si_prefix(
-        np.concatenate([np.ravel(amplitude), np.ravel(truth)]), amplitude.attrs["units"]
-    )
-    n_y, n_x = amplitude.shape
+    where = ", ".join(f"{k}={v}" for k, v in probe.items())
+    return {
+        "peak_amplitude": comparison_figure(found, truth, quantity="peak amplitude"),
+        "tested_spectrum": spectrum_figure(
+            data.isel(probe).compute(), value, title=f"Tested spectrum at {where}"
+        ),
+    }
+
+
+def comparison_figure(found: xr.DataArray, truth: xr.DataArray, *, quantity: str) -> Figure:
+    """Three ``(Y, X)`` maps: ``found`` and ``truth`` on one colour scale, and ``found − truth``.
+
+    Titles are the maps' ``long_name``; the colour bars say ``quantity``
+    and the SI-prefixed units of ``found``.
+    """
+    import matplotlib.pyplot as plt
+
+    units = found.attrs.get("units", "")
+    difference = (found - truth).assign_attrs(long_name="found − ground truth", units=units)
+    factor, shown = si_prefix(np.concatenate([np.ravel(found), np.ravel(truth)]), units)
+    n_y, n_x = found.shape
     panel = 3.4
     fig, axes = plt.subplots(
         1,
@@ -154,45 +177,48 @@ def demo_figures(
         sharex=True,
         sharey=True,
     )
-    lo, hi = (
-        float(v) / factor for v in (min(amplitude.min(), truth.min()), max(amplitude.max(), truth.max()))
-    )
-    for ax, image in zip(axes[:2], (amplitude, truth)):
+    lo = float(min(found.min(), truth.min())) / factor
+    hi = float(max(found.max(), truth.max())) / factor
+    for ax, image in zip(axes[:2], (found, truth)):
         im = map_axes(ax, (image / factor).assign_attrs(image.attrs), cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(image.attrs["long_name"])
-    fig.colorbar(im, ax=axes[:2].tolist(), label=f"peak amplitude ({units})", location="bottom", shrink=0.8)
-    dfactor, dunits = si_prefix(difference.values, difference.attrs["units"])
-    span = float(np.nanpercentile(np.abs(difference.values), 99)) / dfactor or 1.0  # a few outliers saturate
+    fig.colorbar(im, ax=axes[:2].tolist(), label=f"{quantity} ({shown})", location="bottom", shrink=0.8)
+    dfactor, dshown = si_prefix(difference.values, units)
+    span = float(np.nanpercentile(np.abs(difference.values), 99)) / dfactor  # a few outliers saturate
+    span = span if np.isfinite(span) and span > 0 else 1.0
     im = map_axes(
         axes[2], (difference / dfactor).assign_attrs(difference.attrs), cmap="RdBu_r", vmin=-span, vmax=span
     )
     axes[2].set_title(difference.attrs["long_name"])
-    fig.colorbar(im, ax=axes[2], label=f"difference ({dunits})", location="bottom", shrink=0.8, extend="both")
+    fig.colorbar(im, ax=axes[2], label=f"difference ({dshown})", location="bottom", shrink=0.8, extend="both")
     for ax in axes[1:]:
         ax.set_ylabel("")
-    maps = fig
+    return fig
 
-    spectrum = data.isel(probe).compute()
-    frequency = spectrum[spectrum.dims[0]]
-    ffactor, funits = si_prefix(frequency.values, frequency.attrs.get("units", ""))
+
+def spectrum_figure(spectrum: xr.DataArray, value: float, *, title: str) -> Figure:
+    """``|spectrum|`` against its one dimension, SI-prefixed, with the sample whose magnitude is ``value`` marked."""
+    import matplotlib.pyplot as plt
+
+    (dim,) = spectrum.dims
+    axis = spectrum[dim]
+    xfactor, xunits = si_prefix(axis.values, axis.attrs.get("units", ""))
     magnitude = np.abs(spectrum.values)
-    vfactor, vunits = si_prefix(magnitude, data.attrs.get("units", ""))
+    yfactor, yunits = si_prefix(magnitude, spectrum.attrs.get("units", ""))
+    quantity = spectrum.attrs.get("quantity", "response")
+    peak = int(np.argmin(np.abs(magnitude - value)))  # the sample the function returned
+    at = axis.values[peak] / xfactor
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.plot(
-        frequency.values / ffactor, magnitude / vfactor, label=f"|{data.attrs.get('quantity', 'response')}|"
-    )
-    peak = int(np.argmin(np.abs(magnitude - value)))
-    ax.plot(
-        frequency.values[peak] / ffactor,
-        value / vfactor,
-        "o",
+    ax.plot(axis.values / xfactor, magnitude / yfactor, label=f"|{quantity}|")
+    ax.plot(at, value / yfactor, "o", color="C3", label="found peak")
+    ax.annotate(
+        f"{value / yfactor:.3g} {yunits} at {at:.4g} {xunits}",
+        (at, value / yfactor),
+        xytext=(8, 0),
+        textcoords="offset points",
+        va="center",
         color="C3",
-        label=f"found peak: {value / vfactor:.3g} {vunits} at {frequency.values[peak] / ffactor:.4g} {funits}",
     )
-    ax.set(
-        xlabel=f"{frequency.name} ({funits})",
-        ylabel=f"|{data.attrs.get('quantity', 'response')}| ({vunits})",
-        title=", ".join(f"{k}={v}" for k, v in probe.items()).join(("Tested spectrum at ", "")),
-    )
-    ax.legend(loc="upper right")
-    return {"peak_amplitude": maps, "tested_spectrum": fig}
+    ax.set(xlabel=f"{dim} ({xunits})", ylabel=f"|{quantity}| ({yunits})", title=title)
+    ax.legend(loc="upper left")  # the band's edges are far from the resonance
+    return fig
