@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import h5py
+import matplotlib
 import numpy as np
 import pytest
 import xarray as xr
 
 import lazyusid
 from lazyusid.core.function import DEFAULT_UNITS, SAME_UNITS, Output, infer_outputs
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 
 def peak(spectrum):
@@ -132,6 +136,9 @@ def test_a_stored_result_names_its_quantity_and_units_as_open_usid_does(write_us
     for name, units in (("peak", "V"), ("width", "Hz")):
         attrs = stored[name].attrs
         assert (attrs["quantity"], attrs["long_name"], attrs["units"]) == (name, name, units)
+        plotted = stored[name].plot()  # xarray labels the colour bar with long_name [units]
+        assert plotted.colorbar.ax.get_ylabel() == f"{name} [{units}]"
+        plt.close(plotted.figure)
     if target.endswith(".h5"):  # the same as the USID main dataset says, read by open_usid
         reopened = lazyusid.open_usid(scan.path, stored.attrs["usid_store"].rpartition(":")[2] + "/peak")
         assert {k: reopened.attrs[k] for k in ("quantity", "long_name", "units")} == {
