@@ -132,8 +132,8 @@ def write_markdown(
     summary = (
         "All targets met."
         if not missed
-        else "Targets missed: "
-        + "; ".join(f"{r.benchmark} — {r.measure} ({r.value}, target {r.target})" for r in missed)
+        else f"Targets missed ({len(missed)}): "
+        + "; ".join(f"benchmark {r.benchmark} — {r.measure} ({r.value}, target {r.target})" for r in missed)
         + "."
     )
     text = f"""# Benchmarks

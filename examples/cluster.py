@@ -75,6 +75,7 @@ import numpy as np
 
 import lazyusid
 from lazyusid.datasets import make_be_pfm
+from lazyusid.plots import label, map_axes
 from lazyusid.tutorial import PEAK_WIDTHS, peak_amplitude
 
 
@@ -119,11 +120,13 @@ def plot_map(amplitude, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
-    im = ax.imshow(np.asarray(amplitude), origin="lower", cmap="viridis")
-    ax.set(title="Peak amplitude, computed on the cluster", xlabel="X (pixel)", ylabel="Y (pixel)")
-    fig.colorbar(im, ax=ax, label="V")
-    fig.savefig(path, dpi=100)
+    amplitude = amplitude.assign_attrs(long_name="peak amplitude")
+    n_y, n_x = amplitude.shape
+    fig, ax = plt.subplots(figsize=(5, 4.2 * n_y / n_x + 0.8), layout="constrained")
+    im = map_axes(ax, amplitude, cmap="viridis")
+    ax.set_title("Peak amplitude, computed on the cluster")
+    fig.colorbar(im, ax=ax, label=label(amplitude))
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
 
 
@@ -152,13 +155,16 @@ def main(args: argparse.Namespace) -> None:
     try:
         data = lazyusid.open_usid(path)
         params = {"widths": PEAK_WIDTHS}
+        outputs = {"peak_amplitude": {"units": "same"}}  # in the data's units, V
         # cores= is how many blocks are in flight at once; by default it is this machine's core
         # count, not the cluster's, so give the cluster's thread count.
-        print(data.usid.plan(peak_amplitude, params=params, client=client, cores=threads))
+        print(data.usid.plan(peak_amplitude, params=params, outputs=outputs, client=client, cores=threads))
 
         # 1. lazily: the graph runs on the cluster and the workers read the file themselves
         tic = time.perf_counter()
-        lazy = lazyusid.map_spectra(data, peak_amplitude, params=params, client=client, cores=threads)
+        lazy = lazyusid.map_spectra(
+            data, peak_amplitude, params=params, outputs=outputs, client=client, cores=threads
+        )
         computed = lazy.compute()
         seconds = time.perf_counter() - tic
         print(
@@ -168,7 +174,9 @@ def main(args: argparse.Namespace) -> None:
 
         # 2. into the file: this process reads blocks and writes results, the workers compute
         tic = time.perf_counter()
-        stored = data.usid.map(peak_amplitude, params=params, client=client, cores=threads, store=path)
+        stored = data.usid.map(
+            peak_amplitude, params=params, outputs=outputs, client=client, cores=threads, store=path
+        )
         seconds = time.perf_counter() - tic
         rows, where = stored.attrs["usid_rows_computed"], stored.attrs["usid_store"]
         if rows:
@@ -183,7 +191,7 @@ def main(args: argparse.Namespace) -> None:
             cluster.close()
 
     png = os.path.join(args.out, "cluster_peak_amplitude.png")
-    plot_map(stored.values, png)
+    plot_map(stored.compute(), png)
     print(f"plot: {png}")
 
 

@@ -44,6 +44,10 @@ import numpy as np
 
 import lazyusid
 from lazyusid.datasets import load_ground_truth, make_beps
+from lazyusid.plots import label, map_axes, rescaled
+
+#: the units of resonance_peak's outputs: the amplitude is in the data's units (V)
+OUTPUTS = {"amplitude": {"units": "same"}, "phase": {"units": "rad"}}
 
 
 def resonance_peak(spectrum: np.ndarray) -> dict[str, float]:
@@ -119,11 +123,14 @@ def plot_loop(loop, truth, position, path) -> None:
     ax_loop.axhline(0, color="0.7", lw=0.8)
     ax_loop.set(xlabel="DC offset (V)", ylabel="response at resonance (V)", title=f"Loop at Y={y}, X={x}")
     ax_loop.legend()
-    height = (loop.max("DC_Offset") - loop.min("DC_Offset")) / 2
-    im = ax_map.imshow(height.values, origin="lower", cmap="viridis")
-    ax_map.plot(x, y, "r+", ms=12)
-    ax_map.set(title="loop height (max − min) / 2", xlabel="X (pixel)", ylabel="Y (pixel)")
-    fig.colorbar(im, ax=ax_map, label="V")
+    height = ((loop.max("DC_Offset") - loop.min("DC_Offset")) / 2).assign_attrs(
+        long_name="loop height", units=loop.attrs.get("units", "V")
+    )
+    im = map_axes(ax_map, height, cmap="viridis")
+    scaled = rescaled(height, values=False)
+    ax_map.plot(scaled["X"][x], scaled["Y"][y], "r+", ms=12)
+    ax_map.set_title("loop height (max − min) / 2")
+    fig.colorbar(im, ax=ax_map, label=label(height))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -137,12 +144,16 @@ def main(args: argparse.Namespace) -> None:
     data = lazyusid.open_usid(path)
     print(f"opened {data.attrs['usid_dataset']} lazily: {dict(data.sizes)}")
     probe = {"Y": n_y // 2, "X": n_x // 2, "DC_Offset": 4}
-    print(f"resonance_peak at {probe}: {data.usid.test(resonance_peak, probe, core_dims='Frequency')}")
-    plan = data.usid.plan(resonance_peak, core_dims="Frequency", cores=args.cores)
+    print(
+        f"resonance_peak at {probe}: {data.usid.test(resonance_peak, probe, core_dims='Frequency', outputs=OUTPUTS)}"
+    )
+    plan = data.usid.plan(resonance_peak, core_dims="Frequency", outputs=OUTPUTS, cores=args.cores)
     print(f"one call per position and DC step: {plan}")
 
     tic = time.perf_counter()
-    result = data.usid.map(resonance_peak, core_dims="Frequency", cores=args.cores, store=path)
+    result = data.usid.map(
+        resonance_peak, core_dims="Frequency", outputs=OUTPUTS, cores=args.cores, store=path
+    )
     seconds = time.perf_counter() - tic
     if result.attrs["usid_rows_computed"]:
         print(f"computed {plan.n_positions} spectra in {seconds:.1f} s into {result.attrs['usid_store']}")

@@ -37,13 +37,14 @@ import numpy as np
 
 import lazyusid
 from lazyusid.datasets import MAIN_DATASET, load_ground_truth, make_be_pfm
+from lazyusid.plots import label, map_axes, si_prefix
 from lazyusid.tutorial import PEAK_WIDTHS, peak_amplitude
 
 
 class PeakFinder(lazyusid.Process):
     """pyUSID's tutorial ``PeakFinder``, ported: the import changed, the outputs declared."""
 
-    outputs = {"Peak_Response": "float32"}  # a declaration, read only
+    outputs = {"Peak_Response": {"dtype": "float32", "units": "same"}}  # a declaration, read only: in V
 
     def __init__(self, h5_main, **kwargs):
         super().__init__(h5_main, "Peak_Finding", **kwargs)
@@ -105,33 +106,49 @@ def plot_spectrum(data, position, value, path) -> None:
     import matplotlib.pyplot as plt
 
     spectrum = data.isel(position).compute()
-    freq_khz = spectrum["Frequency"].values / 1e3
-    fig, (ax_amp, ax_phase) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
-    ax_amp.plot(freq_khz, np.abs(spectrum.values), label="|response|")
-    ax_amp.axhline(value, color="C3", ls="--", label=f"peak amplitude {value:.3g} V")
+    factor, units = si_prefix(spectrum["Frequency"].values, "Hz")  # kHz
+    freq = spectrum["Frequency"].values / factor
+    magnitude = np.abs(spectrum.values)
+    peak = int(np.argmin(np.abs(magnitude - value)))  # the sample peak_amplitude returned
+    fig, (ax_amp, ax_phase) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, layout="constrained")
+    ax_amp.plot(freq, magnitude, label="|response|")
+    ax_amp.plot(
+        freq[peak], value, "o", color="C3", label=f"found peak: {value:.3g} V at {freq[peak]:.4g} {units}"
+    )
     ax_amp.set(ylabel="|Piezoresponse| (V)", title=f"Tested spectrum at Y={position['Y']}, X={position['X']}")
-    ax_amp.legend()
-    ax_phase.plot(freq_khz, np.unwrap(np.angle(spectrum.values)), color="C1")
-    ax_phase.set(xlabel="Frequency (kHz)", ylabel="phase, unwrapped (rad)")
-    fig.tight_layout()
+    ax_amp.legend(loc="upper left")
+    ax_phase.plot(freq, np.unwrap(np.angle(spectrum.values)), color="C1")
+    ax_phase.set(xlabel=f"Frequency ({units})", ylabel="phase, unwrapped (rad)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def plot_maps(maps: dict, path) -> None:
+    """Maps (DataArrays over Y, X) side by side on one colour scale, axes in their coordinates' units."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [np.asarray(m) for m in maps.values()]
-    vmin, vmax = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
-    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False, layout="constrained")
+    vmin, vmax = min(float(m.min()) for m in maps.values()), max(float(m.max()) for m in maps.values())
+    n_y, n_x = next(iter(maps.values())).shape
+    fig, axes = plt.subplots(
+        1,
+        len(maps),
+        figsize=(3.6 * len(maps), 3.6 * n_y / n_x + 1.2),
+        squeeze=False,
+        layout="constrained",
+        sharey=True,
+    )
     for ax, (title, image) in zip(axes[0], maps.items()):
-        im = ax.imshow(np.asarray(image), origin="lower", cmap="viridis", vmin=vmin, vmax=vmax)
-        ax.set(title=title, xlabel="X (pixel)", ylabel="Y (pixel)")
-    fig.colorbar(im, ax=axes[0].tolist(), label="V")
-    fig.savefig(path, dpi=100)
+        im = map_axes(ax, image, cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_title(title)
+    for ax in axes[0, 1:]:
+        ax.set_ylabel("")
+    fig.colorbar(
+        im, ax=axes[0].tolist(), label=label(next(iter(maps.values()))), location="bottom", shrink=0.6
+    )
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
 
 
@@ -146,13 +163,16 @@ def main(args: argparse.Namespace) -> None:
     print(f"opened {data.attrs['usid_dataset']} lazily: {dict(data.sizes)}, {data.dtype}")
     params = {"widths": PEAK_WIDTHS}
     position = {"Y": n_y // 2, "X": n_x // 2}
-    value = data.usid.test(peak_amplitude, position, params=params)  # reads this one spectrum only
+    outputs = {"peak_amplitude": {"units": "same"}}  # the peak amplitude is in the data's units, V
+    value = data.usid.test(
+        peak_amplitude, position, params=params, outputs=outputs
+    )  # reads this one spectrum
     print(f"tested peak_amplitude at {position}: {value:.4g} V")
     plot_spectrum(data, position, value, os.path.join(args.out, "tested_spectrum.png"))
-    print(data.usid.plan(peak_amplitude, params=params, cores=args.cores))
+    print(data.usid.plan(peak_amplitude, params=params, outputs=outputs, cores=args.cores))
 
     tic = time.perf_counter()
-    amplitude = data.usid.map(peak_amplitude, params=params, cores=args.cores, store=path)
+    amplitude = data.usid.map(peak_amplitude, params=params, outputs=outputs, cores=args.cores, store=path)
     report("accessor", amplitude, time.perf_counter() - tic)
 
     # 2. the pyUSID-style Process, on an h5py dataset as pyUSID users hold it --------------------------
@@ -179,11 +199,12 @@ def main(args: argparse.Namespace) -> None:
     )
 
     truth = load_ground_truth(path)
+    amplitude = amplitude.compute().assign_attrs(long_name="peak amplitude")
     plot_maps(
         {
-            "accessor (store=)": accessor_map,
-            "PeakFinder (Process)": process_map,
-            "ground truth |R(w0)| = A·Q": truth.amplitude * truth.quality_factor,
+            "accessor (store=)": amplitude,
+            "PeakFinder (Process)": amplitude.copy(data=process_map),
+            "ground truth |R(w0)| = A·Q": amplitude.copy(data=truth.amplitude * truth.quality_factor),
         },
         os.path.join(args.out, "peak_amplitude.png"),
     )

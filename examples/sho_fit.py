@@ -47,9 +47,20 @@ from scipy.optimize import least_squares
 
 import lazyusid
 from lazyusid.datasets import load_ground_truth, make_be_pfm
+from lazyusid.plots import map_axes, si_prefix
 
 #: the fitted parameters, named as in the ground truth
 PARAMETERS = ("amplitude", "frequency", "quality_factor", "phase")
+#: the units of fit_sho's outputs: the amplitude is in the data's units (V), stored with the values
+OUTPUTS = {
+    "amplitude": {"units": "same"},
+    "frequency": {"units": "Hz"},
+    "quality_factor": {"units": ""},
+    "phase": {"units": "rad"},
+    "r_squared": {"units": ""},
+}
+#: how the maps name each parameter
+SYMBOLS = {"amplitude": "A", "frequency": "w0", "quality_factor": "Q", "phase": "φ", "r_squared": "R²"}
 
 
 def sho_model(freqs, amplitude, frequency, quality_factor, phase) -> np.ndarray:
@@ -181,15 +192,16 @@ def plot_spectrum(data, position, fitted, path) -> None:
 
     spectrum = data.isel(position).compute()
     freqs = spectrum["Frequency"].values.astype(np.float64)
+    factor, units = si_prefix(freqs, "Hz")  # kHz
     model = sho_model(freqs, *(fitted[name] for name in PARAMETERS))
     fig, (ax_amp, ax_phase) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, layout="constrained")
-    ax_amp.plot(freqs / 1e3, np.abs(spectrum.values), ".", ms=4, label="data")
-    ax_amp.plot(freqs / 1e3, np.abs(model), label=f"SHO fit, R² = {fitted['r_squared']:.3f}")
+    ax_amp.plot(freqs / factor, np.abs(spectrum.values), ".", ms=4, label="data")
+    ax_amp.plot(freqs / factor, np.abs(model), label=f"SHO fit, R² = {fitted['r_squared']:.3f}")
     ax_amp.set(ylabel="|Piezoresponse| (V)", title=f"SHO fit at Y={position['Y']}, X={position['X']}")
-    ax_amp.legend()
-    ax_phase.plot(freqs / 1e3, np.angle(spectrum.values), ".", ms=4)
-    ax_phase.plot(freqs / 1e3, np.angle(model))
-    ax_phase.set(xlabel="Frequency (kHz)", ylabel="phase (rad)")
+    ax_amp.legend(loc="upper left")
+    ax_phase.plot(freqs / factor, np.angle(spectrum.values), ".", ms=4)
+    ax_phase.plot(freqs / factor, np.angle(model))
+    ax_phase.set(xlabel=f"Frequency ({units})", ylabel="phase (rad)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -200,28 +212,40 @@ def plot_maps(fitted, truth, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = {
-        "amplitude": (1e3, "A (mV)"),
-        "frequency": (1e-3, "w0 (kHz)"),
-        "quality_factor": (1.0, "Q"),
-        "phase": (1.0, "φ (rad)"),
-    }
-    fig, axes = plt.subplots(2, 5, figsize=(17, 7.5), layout="constrained")
+    fig = maps_figure(fitted, truth)
+    fig.savefig(path, dpi=90, bbox_inches="tight", pad_inches=0.1)
+    plt.close(fig)
+
+
+def maps_figure(fitted, truth):
+    """Ground truth (top) and fitted (bottom) maps per parameter on one colour scale; R² of the fit at the right."""
+    import matplotlib.pyplot as plt
+
+    n_y, n_x = fitted["amplitude"].shape
+    panel = 3.0
+    fig, axes = plt.subplots(2, 5, figsize=(5 * panel, 2 * panel * n_y / n_x + 1.6), layout="constrained")
     for col, name in enumerate(PARAMETERS):
-        factor, label = scales[name]
-        true = np.asarray(getattr(truth, name)) * factor
-        fit = np.asarray(fitted[name]) * factor
+        fit = fitted[name]
+        factor, units = si_prefix(getattr(truth, name), fit.attrs["units"])
+        true = fit.copy(data=np.asarray(getattr(truth, name), dtype=np.float64) / factor)
+        fit = fit / factor
         lo, hi = float(true.min()), float(true.max())
         for row, (title, image) in enumerate((("ground truth", true), ("fitted", fit))):
-            im = axes[row, col].imshow(image, origin="lower", cmap="viridis", vmin=lo, vmax=hi)
-            axes[row, col].set(title=f"{label}, {title}", xticks=[], yticks=[])
-        fig.colorbar(im, ax=axes[:, col].tolist(), location="bottom", shrink=0.8)
-    im = axes[0, 4].imshow(np.asarray(fitted["r_squared"]), origin="lower", cmap="magma", vmin=0.9, vmax=1)
-    axes[0, 4].set(title="R² of the fit", xticks=[], yticks=[])
-    fig.colorbar(im, ax=axes[:, 4].tolist(), location="bottom", shrink=0.8)
-    axes[1, 4].axis("off")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+            im = map_axes(axes[row, col], image, cmap="viridis", vmin=lo, vmax=hi)
+            axes[row, col].set_title(f"{SYMBOLS[name]}, {title}")
+        unit = f" ({units})" if units else ""
+        fig.colorbar(im, ax=axes[:, col].tolist(), location="bottom", shrink=0.8, label=SYMBOLS[name] + unit)
+    im = map_axes(axes[0, 4], fitted["r_squared"], cmap="magma", vmin=0.9, vmax=1)
+    axes[0, 4].set_title("R² of the fit")
+    fig.colorbar(im, ax=axes[:, 4].tolist(), location="bottom", shrink=0.8, label="R²", extend="min")
+    r2 = np.asarray(fitted["r_squared"]).ravel()
+    axes[1, 4].hist(np.clip(r2, 0.9, 1.0), bins=40, range=(0.9, 1.0), color="C3")
+    axes[1, 4].set(title="R² over all positions", xlabel="R²", ylabel="positions", xlim=(0.9, 1.0))
+    for ax in axes[0, :]:
+        ax.set_xlabel("")
+    for ax in axes[:, 1:4].ravel():
+        ax.set_ylabel("")
+    return fig
 
 
 def main(args: argparse.Namespace) -> None:
@@ -234,7 +258,7 @@ def main(args: argparse.Namespace) -> None:
     data = lazyusid.open_usid(path)
     params = {"freqs": data["Frequency"].values.astype(np.float64)}
     position = {"Y": n_y // 2, "X": n_x // 2}
-    one = data.usid.test(fit_sho, position, params=params)
+    one = data.usid.test(fit_sho, position, params=params, outputs=OUTPUTS)
     print(f"fit at {position}: " + ", ".join(f"{k}={float(v):.5g}" for k, v in one.items()))
     print(
         "  ground truth:  "
@@ -243,7 +267,9 @@ def main(args: argparse.Namespace) -> None:
     plot_spectrum(data, position, one, os.path.join(args.out, "sho_spectrum.png"))
 
     tic = time.perf_counter()
-    fitted = data.usid.map(fit_sho, params=params, cores=args.cores, store=path, tool="SHO_Fit")
+    fitted = data.usid.map(
+        fit_sho, params=params, outputs=OUTPUTS, cores=args.cores, store=path, tool="SHO_Fit"
+    )
     seconds = time.perf_counter() - tic
     rows, where = fitted.attrs["usid_rows_computed"], fitted.attrs["usid_store"]
     if rows:

@@ -12,9 +12,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-from . import accessor, datasets
+from . import accessor, datasets, plots
 from .compute import apply_at, map_spectra, plan_spectra
-from .core.function import Output
+from .core.function import SAME_UNITS, Output
 from .core.plan import BlockPlan, parse_budget
 from .errors import (
     BudgetError,
@@ -39,6 +39,7 @@ from .usid.layout import is_main, read_layout, validate_main
 from .usid.write import write_main
 
 __all__ = [
+    "SAME_UNITS",
     "BlockPlan",
     "BudgetError",
     "DatasetSelectionError",
@@ -65,6 +66,7 @@ __all__ = [
     "open_usid",
     "parse_budget",
     "plan_spectra",
+    "plots",
     "read_layout",
     "shutdown",
     "tree",

@@ -90,6 +90,7 @@ def run_info(args) -> int:
 def run_demo(args) -> int:
 
     from .compute import apply_at, map_spectra
+    from .core.function import SAME_UNITS
     from .datasets import make_be_pfm
     from .io.open import open_usid
     from .tutorial import PEAK_WIDTHS, peak_amplitude
@@ -115,14 +116,16 @@ def run_demo(args) -> int:
 
     params = {"widths": PEAK_WIDTHS}
     probe = {"Y": n_y // 2, "X": n_x // 2}
-    value = apply_at(data, peak_amplitude, probe, params=params)
-    say(f"tested peak_amplitude at {probe}: {value:.4g}")
+    outputs = {"peak_amplitude": {"units": SAME_UNITS}}  # in the data's units, V
+    value = apply_at(data, peak_amplitude, probe, params=params, outputs=outputs)
+    say(f"tested peak_amplitude at {probe}: {value:.4g} {data.attrs['units']}")
 
     tic = time.perf_counter()
     amplitude = map_spectra(
         data,
         peak_amplitude,
         params=params,
+        outputs=outputs,
         store=path,
         cores=args.cores,
         progress=not args.no_progress,
@@ -138,43 +141,29 @@ def run_demo(args) -> int:
             f"computed {n} spectra in {seconds:.1f} s ({n / seconds:.0f} spectra/s), checkpointed into {where}"
         )
     amplitude = amplitude.compute()
-    pngs = _demo_plots(data, amplitude, probe, args.out)
+    pngs = _demo_plots(data, amplitude, probe, value, args.out)
     say(f"plots: {', '.join(pngs)}")
     say(f"run it again to get the stored result at once; see the file with `lazyusid info {path}`")
     return 0
 
 
-def _demo_plots(data, amplitude, probe, out) -> list[str]:
+def _demo_plots(data, amplitude, probe, value, out) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    spectrum = data.isel(probe)
-    freq_khz = spectrum["Frequency"].values / 1e3
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(freq_khz, np.abs(spectrum.values), label="|response|")
-    ax.set(
-        xlabel="Frequency (kHz)",
-        ylabel=f"|{data.attrs['quantity']}| ({data.attrs['units']})",
-        title=f"Spectrum at Y={probe['Y']}, X={probe['X']}",
-    )
-    ax.legend()
-    spectrum_png = os.path.join(out, "tested_spectrum.png")
-    fig.tight_layout()
-    fig.savefig(spectrum_png, dpi=100)
-    plt.close(fig)
+    from .datasets import load_ground_truth
+    from .plots import demo_figures
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    amplitude.plot(ax=ax, cmap="viridis", cbar_kwargs={"label": "peak amplitude"})
-    ax.set_title("Peak amplitude (find_peaks_cwt)")
-    ax.set_aspect("equal")
-    map_png = os.path.join(out, "peak_amplitude.png")
-    fig.tight_layout()
-    fig.savefig(map_png, dpi=100)
-    plt.close(fig)
-    return [map_png, spectrum_png]
+    truth = load_ground_truth(data.attrs["usid_file"])
+    figures = demo_figures(data, amplitude, truth.amplitude * truth.quality_factor, probe, value)
+    pngs = []
+    for name, fig in figures.items():
+        pngs.append(os.path.join(out, f"{name}.png"))
+        fig.savefig(pngs[-1], dpi=100, bbox_inches="tight", pad_inches=0.1)
+        plt.close(fig)
+    return pngs
 
 
 if __name__ == "__main__":  # pragma: no cover

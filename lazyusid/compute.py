@@ -112,6 +112,7 @@ def prepare_map(
                 vectorized,
                 position=int(at),
                 coords=first,
+                input_units=data.attrs.get("units"),
             )
             break
         except SpectralFunctionError:
@@ -292,7 +293,14 @@ def apply_at(data, func: Callable, position: int | Mapping[Hashable, int] = 0, *
     flat = int(np.ravel_multi_index(tuple(index[d] for d in loop_dims), shape)) if loop_dims else 0
     kwargs = call_kwargs(func, params, varying, loop_dims, index, vectorized)
     outs, single = infer_outputs(
-        func, block if vectorized else spectrum, kwargs, outputs, vectorized, position=flat, coords=index
+        func,
+        block if vectorized else spectrum,
+        kwargs,
+        outputs,
+        vectorized,
+        position=flat,
+        coords=index,
+        input_units=data.attrs.get("units"),
     )
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
     extras = {k: one_position(v) for k, v in value_at(varying, loop_dims, index).items()}

@@ -17,7 +17,10 @@ def peak_amplitude(spectrum: np.ndarray, widths: np.ndarray = PEAK_WIDTHS) -> fl
     """Amplitude of the peak of ``abs(spectrum)`` closest to the centre of the band.
 
     ``scipy.signal.find_peaks_cwt`` on the magnitude, as in pyUSID's
-    ``PeakFinder`` tutorial; 0 when no peak is found.
+    ``PeakFinder`` tutorial; 0 when no peak is found. The amplitude is in
+    the units of the spectrum: map it with
+    ``outputs={"peak_amplitude": {"units": "same"}}`` to store it in them
+    (``"V"`` for the synthetic data), not in arbitrary units.
 
     Examples
     --------

@@ -98,6 +98,16 @@ def test_report_is_written(cfg, tmp_path):
     assert "[PASS]" in text_table(rows) and table(rows).count("\n") == 4
 
 
+def test_report_counts_the_missed_targets_apart_from_benchmark_numbers(cfg, tmp_path):
+    from benchmarks.common import Row
+
+    rows = [Row("1 x", "ratio", "2.00×", "≥ 1.8×", True), Row("2 y", "share", "0.20×", "≥ 80%", False)]
+    out = tmp_path / "benchmarks.md"
+    write_markdown(str(out), cfg, rows, "python -m benchmarks --quick", "today", 60.0, ["1.0", "1.0"])
+    summary = [line for line in out.read_text().splitlines() if line.startswith("Targets missed")]
+    assert summary == ["Targets missed (1): benchmark 2 y — share (0.20×, target ≥ 80%)."]
+
+
 def test_blocks_are_read_directly_from_an_untouched_source(tmp_path):
     """Benchmarks 2 and 3 rely on it: an open_usid array is read a block of rows at a time, not by dask chunks."""
     import lazyusid

@@ -1,4 +1,4 @@
-"""Names and attribute strings from a file never reach the terminal raw (DESIGN.md, decision 8)."""
+"""Names and attribute strings from a file never reach the terminal raw (docs/design.md, decision 8)."""
 
 from __future__ import annotations
 

@@ -215,3 +215,32 @@ def test_examples_do_nothing_on_import(script, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [], f"importing {script} wrote files"
     args = module.parse_args(["--size", "8x6", "--out", "somewhere"])
     assert (args.size, args.out) == ((8, 6), "somewhere")
+
+
+def test_sho_fit_map_figure_has_labelled_axes_units_and_no_empty_panel(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sho = load_example("sho_fit.py")
+    path = tmp_path / "be.h5"
+    lazyusid.datasets.make_be_pfm(path, n_x=N_X, n_y=N_Y)
+    data = lazyusid.open_usid(path)
+    params = {"freqs": data["Frequency"].values.astype(np.float64)}
+    fitted = lazyusid.map_spectra(data, sho.fit_sho, params=params, outputs=sho.OUTPUTS, cores=1).compute()
+    assert [fitted[k].attrs["units"] for k in sho.OUTPUTS] == ["V", "Hz", "", "rad", ""]
+
+    fig = sho.maps_figure(fitted, load_ground_truth(path))
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    colorbars = [ax for ax in fig.axes if not ax.get_title()]
+    assert len(panels) == 10
+    assert all(ax.images or ax.patches for ax in panels), "an empty panel"
+    maps = [ax for ax in panels if ax.images]
+    assert len(maps) == 9
+    for ax in maps:  # 8 positions at 20 nm: nanometres, no offset text
+        assert ax.get_xlabel() in ("X (nm)", "") and ax.xaxis.get_offset_text().get_text() == ""
+    assert [ax.get_xlabel() for ax in maps[5:]] == ["X (nm)"] * 4  # the fitted row, at the bottom
+    assert {ax.get_ylabel() for ax in maps} == {"Y (nm)", ""} and maps[0].get_ylabel() == "Y (nm)"
+    assert [ax.get_xlabel() for ax in colorbars] == ["A (mV)", "w0 (kHz)", "Q", "φ (rad)", "R²"]
+    truth_amplitude = maps[0].images[0].get_array()
+    np.testing.assert_allclose(truth_amplitude, load_ground_truth(path).amplitude / 1e-3, rtol=1e-6)

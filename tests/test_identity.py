@@ -1,4 +1,4 @@
-"""Identity of a computation: canonical digests, function identities and tokens (DESIGN.md, decision 7)."""
+"""Identity of a computation: canonical digests, function identities and tokens (docs/design.md, decision 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Does a value fit its output's dtype? Checked for every value a function returns (DESIGN.md, decision 9).
+"""Does a value fit its output's dtype? Checked for every value a function returns (docs/design.md, decision 9).
 
 A float after an output inferred as integer, a complex value for a real
 output, an integer out of range, a string or ``None`` would otherwise be

@@ -4,7 +4,7 @@
 callable, its parameters, whether it is per-spectrum or per-block, and the
 declared (or inferred) outputs. :meth:`SpectralFunction.evaluate` runs it
 over one block of spectra and reports failures with their position. Every
-value must fit its output's dtype without loss (DESIGN.md, decision 9):
+value must fit its output's dtype without loss (docs/design.md, decision 9):
 ``np.can_cast(value, dtype, "same_kind")``, integers by value, never a
 silent cast.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,6 +28,8 @@ DEFAULT_UNITS = "a. u."
 ON_ERROR = ("raise", "skip")
 #: errors kept per block (and per stored result) with ``on_error="skip"``
 MAX_ERRORS = 20
+#: declared units meaning "the input's units" (its ``attrs["units"]``), resolved when the outputs are inferred
+SAME_UNITS = "same"
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class Output:
         Names of the new dimensions (default ``f"{name}_dim_{i}"``).
     units : str
         Units of the values, stored with them (the USID ``units`` attribute;
-        default ``"a. u."``, arbitrary units).
+        default ``"a. u."``, arbitrary units). ``"same"`` (:data:`SAME_UNITS`)
+        stands for the input's units until :func:`infer_outputs` replaces it
+        with them.
     inferred_at : int, optional
         The position whose value the dtype was inferred from (``None``:
         declared). Only for messages: not part of equality or identity.
@@ -318,13 +322,22 @@ def infer_outputs(
     *,
     position: int = 0,
     coords: Mapping | None = None,
+    input_units: str | None = None,
 ):
     """Run ``func`` on a real sample and describe its outputs.
 
     ``sample`` is one spectrum (per-spectrum) or a block of a few spectra
     (vectorised), taken at flat ``position`` (N-D indices ``coords``), which
     a failure names. Returns ``(outputs, single)``.
+
+    An output declared with ``units="same"`` (:data:`SAME_UNITS`) gets
+    ``input_units``, the units of the data (``data.attrs["units"]``, as
+    :func:`lazyusid.open_usid` sets them): the outputs returned, and so the
+    stored result and its token, hold the real units. Data without units
+    (``input_units=None``, e.g. a NumPy array) have arbitrary units, and so
+    has such an output: ``"a. u."``.
     """
+    same = DEFAULT_UNITS if input_units is None else str(input_units)
     name = getattr(func, "__name__", repr(func))
     coords = dict(coords or {})
     where = f"position {position}" + coords_text(coords)
@@ -378,7 +391,7 @@ def infer_outputs(
         shape = value.shape[1:] if vectorized else value.shape
         spec = declared.get(output)
         if isinstance(spec, Output):
-            result_outputs.append(spec)
+            result_outputs.append(replace(spec, units=same) if spec.units == SAME_UNITS else spec)
             continue
         dtype, dims, units, inferred_at = value.dtype, None, DEFAULT_UNITS, position
         if isinstance(spec, Mapping):
@@ -393,6 +406,8 @@ def infer_outputs(
             shape = tuple(spec.get("shape", shape))
             dims = spec.get("dims")
             units = spec.get("units", units)
+            if units == SAME_UNITS:
+                units = same
         elif spec is not None:
             dtype, inferred_at = spec, None
         if np.dtype(dtype).kind in "OUS":

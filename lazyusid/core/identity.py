@@ -6,7 +6,7 @@ code), the same parameters (``1``, ``1.0`` and ``True`` differ; NumPy arrays
 and scalars by dtype, shape and bytes, so ``np.float64(1.0)`` is not ``1.0``),
 the same declared outputs and core dimensions, and the same source. Nothing here uses Python's ``hash()`` (salted per
 process) or pickle (not canonical), so tokens are stable across processes
-and sessions (DESIGN.md, decision 7).
+and sessions (docs/design.md, decision 7).
 """
 
 from __future__ import annotations

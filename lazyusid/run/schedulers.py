@@ -8,7 +8,7 @@ dask-jobqueue's). Vectorised NumPy functions release the GIL and run on
 threads, or on the user's client. Jobs estimated to take less than
 :data:`INLINE_SECONDS` run in this thread. The choice is a value
 (:class:`Scheduler`) made before anything runs, shown with the plan, and
-it is what runs (DESIGN.md, decision 4).
+it is what runs (docs/design.md, decision 4).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         coords[FAILED].attrs.update(long_name="function failed")
     for o in shape.outputs:
         var = variables[o.name]
-        var.attrs.update(attrs, usid_output=o.name)
+        var.attrs.update(attrs, usid_output=o.name, quantity=o.name, long_name=o.name)
         if (
             sink.kind == "hdf5"
         ):  # the output is a USID main dataset: what it is read from, as open_usid names it

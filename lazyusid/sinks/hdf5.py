@@ -5,7 +5,7 @@ One writer (the process that runs the computation) holds the file open
 finished block's data is written at once; a checkpoint (at most every
 :data:`CHECKPOINT_SECONDS`, and at the end) flushes, sets the flags and
 ``last_pixel`` of the blocks written since the last one, and flushes again
-(DESIGN.md, decision 6: data, flush, flags, flush). A new file is built under a temporary name and
+(docs/design.md, decision 6: data, flush, flags, flush). A new file is built under a temporary name and
 linked into place only once its skeleton is flushed, so a kill never leaves
 an unreadable target; a new results group likewise is built as
 ``_lazyusid_building`` and moved to its name once whole, so a kill never

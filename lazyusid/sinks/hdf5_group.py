@@ -4,7 +4,7 @@
 dataset per output, the checkpoint flags, the identity and parameters as
 attributes) under the temporary name :data:`BUILDING`.
 :func:`check_group` refuses what cannot be stored before the first byte is
-written (DESIGN.md, decision 9): output names HDF5, pyUSID or the group's
+written (docs/design.md, decision 9): output names HDF5, pyUSID or the group's
 own datasets reserve, dtypes HDF5 cannot hold, outputs without values; and
 then builds the whole skeleton in an HDF5 file held in memory (never
 written to disk), so that whatever else h5py would refuse is refused there.
@@ -142,7 +142,7 @@ def refuse_unplain(parent: h5py.Group, name: str, shape: ResultShape, path: str)
     The file may have been written by anyone, and a token holds no secret:
     a planted group whose outputs or flags store their bytes elsewhere
     (external storage, a virtual dataset, a link) would make a resume
-    write into another file or dataset (DESIGN.md, decision 8).
+    write into another file or dataset (docs/design.md, decision 8).
     """
     where = f"{parent.name.rstrip('/')}/{name}"
     why = None

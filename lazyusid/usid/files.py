@@ -26,7 +26,7 @@ def printable(text) -> str:
     r"""``str(text)`` with control characters escaped (``\x1b``, ``\n``): safe to print to a terminal.
 
     Names and attribute strings come from files anyone may have written
-    (DESIGN.md, decision 8); an escape sequence in them could retitle the
+    (docs/design.md, decision 8); an escape sequence in them could retitle the
     window, clear the screen or hide text. Every other character, unicode
     included, is kept.
 
