@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 
-import h5py
 import numpy as np
 import xarray as xr
 
 from .core.function import OutputsLike, SpectralFunction, infer_outputs, takes_position
 from .core.plan import BlockPlan, BudgetLike, plan_blocks
 from .errors import SpectralFunctionError
-from .graph import SpectralMap, flat_reader
+from .graph import SpectralMap, direct_reader
 from .inputs import (
     as_dataarray,
     as_roi,
@@ -31,9 +30,7 @@ from .inputs import (
     untouched_source,
     value_at,
 )
-from .io.rows import row_reader
 from .run.schedulers import choose_scheduler
-from .usid.layout import read_layout
 
 #: positions tried in turn to infer the outputs with ``on_error="skip"`` (the function may fail at the first)
 INFER_TRIES = 20
@@ -125,7 +122,8 @@ def prepare_map(
     data = data.transpose(*loop_dims, *core_dims)
     if not callable(func):
         raise TypeError(f"func must be callable, got {func!r}")
-    params, varying = split_params(params, data, loop_dims)
+    raw_params = dict(params or {})
+    params, varying = split_params(raw_params, data, loop_dims)
     mask = as_roi(roi, data, loop_dims)
     n_positions = int(math.prod(data.sizes[d] for d in loop_dims))
     if n_positions == 0 or 0 in data.shape:
@@ -166,21 +164,14 @@ def prepare_map(
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single, on_error=on_error)
 
     writes_to = os.path.abspath(writes_to) if writes_to is not None else None
-    reader = None
-    if source:
-        path, dataset = source
-        with h5py.File(path, "r") as f:
-            dset = f[dataset]
-            layout = read_layout(dset)
-            rows = row_reader(dset, strict=path != writes_to)
-        pos, spec = layout.pos, layout.spec
-        order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
-        reader = flat_reader(data, len(core_dims), file_order=order, rows=rows)
+    reader = direct_reader(data, len(core_dims), writes_to=writes_to) if source else None
+    readers = _input_readers(raw_params, varying, loop_dims, writes_to)
     in_process = None
     if writes_to is not None and writes_to == _abspath(data.attrs.get("usid_file")):
         if reader is None or reader.rows.how == "h5py":
             in_process = "it reads the file results are written into, through HDF5"
-    if writes_to is not None and any(writes_to == _abspath(f) for f in _files(varying)):
+    read_by_hdf5 = {k: v for k, v in varying.items() if _how(readers.get(k)) != "lock-free"}
+    if writes_to is not None and any(writes_to == _abspath(f) for f in _files(read_by_hdf5)):
         in_process = "a per-position input reads the file results are written into, through HDF5"
     scheduler = choose_scheduler(
         vectorized=vectorized,
@@ -202,12 +193,57 @@ def prepare_map(
     )
     plan = replace(plan, scheduler=str(scheduler))
     return SpectralMap(
-        data, loop_dims, core_dims, function, plan, scheduler, reader, progress, inputs=varying, roi=mask
+        data,
+        loop_dims,
+        core_dims,
+        function,
+        plan,
+        scheduler,
+        reader,
+        progress,
+        inputs=varying,
+        readers=readers,
+        roi=mask,
     )
 
 
 def _abspath(path) -> str | None:
     return os.path.abspath(path) if path else None
+
+
+def _input_readers(raw: Mapping, varying: Mapping, loop_dims, writes_to) -> dict:
+    """Direct row readers of the per-position inputs that are untouched reads in the data's loop order.
+
+    A block task then reads its slice of them itself, where it runs, like
+    its spectra (a :class:`~lazyusid.graph.FlatReader`; a dict of them for
+    a Dataset whose every variable is such a read).
+    """
+    readers = {}
+    for name, value in varying.items():
+        arrays = dict(value.data_vars) if isinstance(value, xr.Dataset) else {None: value}
+        originals = dict(raw[name].data_vars) if isinstance(raw[name], xr.Dataset) else {None: raw[name]}
+        found = {}
+        for key, arr in arrays.items():
+            original = originals[key]
+            if tuple(original.dims) != tuple(arr.dims) or tuple(arr.dims[: len(loop_dims)]) != tuple(
+                loop_dims
+            ):
+                break  # transposed or broadcast to the data's positions: read through its graph
+            reader = direct_reader(original, arr.ndim - len(loop_dims), writes_to=writes_to)
+            if reader is None:
+                break
+            found[key] = reader
+        else:
+            readers[name] = found[None] if None in found else found
+    return readers
+
+
+def _how(reader) -> str | None:
+    """``"lock-free"`` when every row reader of an input needs no HDF5 file lock."""
+    if reader is None:
+        return None
+    parts = reader.values() if isinstance(reader, dict) else [reader]
+    return "lock-free" if all(r.rows.how != "h5py" for r in parts) else "h5py"
 
 
 def _files(varying: Mapping) -> set:

@@ -13,12 +13,14 @@ driven by :mod:`lazyusid.run.driver` (stored).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import dask
 import dask.array as da
+import h5py
 import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
@@ -26,9 +28,10 @@ from tqdm.auto import tqdm
 
 from .core.function import SpectralFunction
 from .core.plan import BlockPlan
-from .inputs import flat_inputs
-from .io.rows import RowReader
+from .inputs import flat_inputs, untouched_source
+from .io.rows import RowReader, row_reader
 from .run.schedulers import Scheduler
+from .usid.layout import read_layout
 
 #: prefix of the keys of block tasks (the progress bar counts them)
 BLOCK_PREFIX = "lazyusid-block-"
@@ -74,18 +77,23 @@ class BlockJob:
     A plain object, so that dask does not traverse it when the graph is built.
     """
 
-    __slots__ = ("a", "b", "mask", "pick", "reader", "where", "write")
+    __slots__ = ("a", "b", "inputs", "mask", "pick", "reader", "where", "write")
 
-    def __init__(self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None, mask=None):
+    def __init__(
+        self, a: int, b: int, where: dict, *, reader=None, write=None, pick=None, mask=None, inputs=None
+    ):
         self.a, self.b, self.where, self.reader, self.write, self.pick = a, b, where, reader, write, pick
-        self.mask = mask
+        self.mask, self.inputs = mask, inputs
 
     def __reduce__(self):
-        return (_job, (self.a, self.b, self.where, self.reader, self.write, self.pick, self.mask))
+        return (
+            _job,
+            (self.a, self.b, self.where, self.reader, self.write, self.pick, self.mask, self.inputs),
+        )
 
 
-def _job(a, b, where, reader, write, pick, mask=None) -> BlockJob:
-    return BlockJob(a, b, where, reader=reader, write=write, pick=pick, mask=mask)
+def _job(a, b, where, reader, write, pick, mask=None, inputs=None) -> BlockJob:
+    return BlockJob(a, b, where, reader=reader, write=write, pick=pick, mask=mask, inputs=inputs)
 
 
 def run_block(function: SpectralFunction, job: BlockJob, block=None, extras=None):
@@ -102,6 +110,13 @@ def run_block(function: SpectralFunction, job: BlockJob, block=None, extras=None
     else:
         if job.reader is not None:
             block = job.reader.read(a, b)
+        if job.inputs:  # per-position inputs this task reads itself
+            extras = dict(extras or {})
+            for name, reader in job.inputs.items():
+                if isinstance(reader, dict):
+                    extras[name] = {k: r.read(a, b) for k, r in reader.items()}
+                else:
+                    extras[name] = reader.read(a, b)
         outs = function.evaluate(block, first=a, extras=extras, mask=job.mask, **job.where)
     if job.write is None:
         return outs if job.pick is None else outs[job.pick]
@@ -129,6 +144,10 @@ class SpectralMap:
     inputs : dict
         Per-position inputs by parameter name: DataArrays or Datasets with
         the loop dimensions first (:func:`lazyusid.inputs.split_params`).
+    readers : dict
+        Direct row readers (:class:`FlatReader`, or a dict of them for a
+        Dataset) of the per-position inputs that block tasks read
+        themselves; the others are read through their dask graphs.
     roi : numpy.ndarray or None
         Flat boolean mask of the positions to evaluate (None: all).
     """
@@ -142,6 +161,7 @@ class SpectralMap:
     reader: FlatReader | None = None
     progress: bool = True
     inputs: dict = field(default_factory=dict)
+    readers: dict = field(default_factory=dict)
     roi: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -158,7 +178,7 @@ class SpectralMap:
     @cached_property
     def flat_inputs(self) -> dict:
         """The per-position inputs as flat ``(positions, ...)`` dask arrays (dicts of them for Datasets)."""
-        return flat_inputs(self.inputs, self.loop_dims)
+        return flat_inputs({k: v for k, v in self.inputs.items() if k not in self.readers}, self.loop_dims)
 
     @cached_property
     def token(self) -> str:
@@ -179,6 +199,7 @@ class SpectralMap:
             self.loop_shape,
             self.core_shape,
             extras,
+            self.readers,
             self.roi,
         )
 
@@ -214,6 +235,7 @@ class SpectralMap:
                 write=write,
                 pick=pick,
                 mask=None if self.roi is None or self.roi[a:b].all() else self.roi[a:b].copy(),
+                inputs={k: _share(r, a, b) for k, r in self.readers.items()} or None,
             )
             for a, b in ranges
         ]
@@ -322,6 +344,13 @@ def _cut(flat: da.Array, edges, ranges) -> list:
     return [pieces[a] for a, _ in ranges]
 
 
+def _share(reader, a: int, b: int):
+    """What a block task needs of an input's row reader(s) for positions ``a:b``."""
+    if isinstance(reader, dict):
+        return {k: r.for_positions(a, b) for k, r in reader.items()}
+    return reader.for_positions(a, b)
+
+
 def _names(value):
     return {k: v.name for k, v in value.items()} if isinstance(value, dict) else value.name
 
@@ -329,6 +358,28 @@ def _names(value):
 def _input_name(data: xr.DataArray):
     arr = data.data
     return arr.name if isinstance(arr, da.Array) else dask.base.tokenize(np.asarray(arr))
+
+
+def direct_reader(data: xr.DataArray, n_core_dims: int, *, writes_to: str | None) -> FlatReader | None:
+    """A :class:`FlatReader` of the file's rows when ``data`` is an untouched read in file order, else None.
+
+    Untouched reads are :func:`~lazyusid.open_usid` arrays and stored
+    results (:func:`lazyusid.inputs.untouched_source`); ``writes_to`` is the
+    file results go into (its rows are then trusted by inode, not mtime).
+    """
+    source = untouched_source(data)
+    if source is None:
+        return None
+    path, dataset = source
+    with h5py.File(path, "r") as f:
+        dset = f[dataset]
+        order = data.encoding.get("usid_file_order")
+        if order is None:  # open_usid: positions slowest first, then spectroscopic dims slowest first
+            layout = read_layout(dset)
+            pos, spec = layout.pos, layout.spec
+            order = tuple(pos.dims[i] for i in pos.sort_order) + tuple(spec.dims[i] for i in spec.sort_order)
+        rows = row_reader(dset, strict=os.path.abspath(path) != writes_to)
+    return flat_reader(data, n_core_dims, file_order=tuple(order), rows=rows)
 
 
 def flat_reader(

@@ -81,6 +81,20 @@ def features(spectrum: np.ndarray, scale: float = 1.0) -> dict:
     return {"peak": amplitude[i] * scale, "amplitude": amplitude, "phase": np.angle(spectrum[i])}
 
 
+def fragile(spectrum: np.ndarray, scale: float = 1.0) -> dict:
+    """:func:`features`, but it raises at the spectra whose peak lies at a frequency index divisible by 3."""
+    out = features(spectrum, scale)
+    i = int(np.argmax(np.abs(spectrum)))
+    if i % 3 == 0:
+        raise ValueError(f"no fit: peak at frequency index {i}")
+    return out
+
+
+def fails(values: np.ndarray) -> np.ndarray:
+    """Where :func:`fragile` raises, over the positions of ``values`` ``(..., Frequency)``."""
+    return np.argmax(np.abs(values), axis=-1) % 3 == 0
+
+
 def reference(values: np.ndarray, params: dict | None = None) -> dict[str, np.ndarray]:
     """:func:`features` over ``values`` ``(Y, X, Frequency)`` with a plain NumPy loop, outputs stacked."""
     params = PARAMS if params is None else params
@@ -92,19 +106,23 @@ def reference(values: np.ndarray, params: dict | None = None) -> dict[str, np.nd
     }
 
 
-def run(source: str, target: str, *, cores: int = 1, positions_per_block: int = 8):
-    """The computation every test runs (in a subprocess or in-process): returns the stored result."""
+def run(source: str, target: str, *, cores: int = 1, positions_per_block: int = 8, skip: bool = False):
+    """The computation every test runs (in a subprocess or in-process): returns the stored result.
+
+    ``skip``: :func:`fragile` with ``on_error="skip"`` instead of :func:`features`.
+    """
     import lazyusid
 
     data = lazyusid.open_usid(source)
     return lazyusid.map_spectra(
         data,
-        features,
+        fragile if skip else features,
         store=target,
         params=PARAMS,
         cores=cores,
         positions_per_block=positions_per_block,
         progress=False,
+        on_error="skip" if skip else "raise",
     )
 
 
@@ -114,8 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target")
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--positions-per-block", type=int, default=8)
+    parser.add_argument("--skip", action="store_true", help="fragile() with on_error='skip'")
     args = parser.parse_args(argv)
-    result = run(args.source, args.target, cores=args.cores, positions_per_block=args.positions_per_block)
+    result = run(
+        args.source,
+        args.target,
+        cores=args.cores,
+        positions_per_block=args.positions_per_block,
+        skip=args.skip,
+    )
     print(f"done {result.attrs['usid_store']}", flush=True)
     return 0
 

@@ -16,6 +16,8 @@ import pytest
 import xarray as xr
 
 import lazyusid
+from lazyusid.compute import prepare_map
+from lazyusid.graph import FlatReader
 
 N_Y, N_X, N_F = 5, 7, 11
 
@@ -65,10 +67,7 @@ def test_per_position_vector_input_and_juggled_dims(scan):
     rng = np.random.default_rng(2)
     guess = xr.DataArray(rng.random((3, N_X, N_Y)), dims=("k", "X", "Y"))  # its own dim first, other order
     expected = np.array(
-        [
-            [np.abs(scan.data[y, x])[:3] - guess.values[:, x, y] for y in range(N_Y)]
-            for x in range(N_X)
-        ]
+        [[np.abs(scan.data[y, x])[:3] - guess.values[:, x, y] for y in range(N_Y)] for x in range(N_X)]
     )
     out = lazyusid.map_spectra(data, shifted, params={"guess": guess}, core_dims="Frequency", cores=1)
     assert out.dims == ("X", "Y", "shifted_dim_0")
@@ -176,13 +175,11 @@ def test_pipeline_rerun_in_a_new_session_computes_nothing(scan, tmp_path):
 
 
 def test_source_001_is_the_guess_in_pyusid(scan, tmp_path, pyusid):
-    _, _, g, f = _pipeline(tmp_path, scan.path, 1.0, 1.0)
+    f = _pipeline(tmp_path, scan.path, 1.0, 1.0)[3]
     with h5py.File(scan.path, "r") as h5:
         grp = h5[f.rsplit(":", 1)[1]]
         guess = pyusid.USIDataset(h5[grp.attrs["source_001"]])
-        np.testing.assert_allclose(
-            guess[()].ravel(), np.abs(scan.data).max(-1).ravel(), rtol=1e-6
-        )
+        np.testing.assert_allclose(guess[()].ravel(), np.abs(scan.data).max(-1).ravel(), rtol=1e-6)
 
 
 # -- regions of interest ---------------------------------------------------------------------------
@@ -216,7 +213,9 @@ def test_roi_evaluates_only_its_positions_and_grows(scan):
     larger[3, :] = True
     count.calls = 0
     grown = lazyusid.map_spectra(data, count, roi=larger, store=scan.path, cores=1)
-    assert count.calls == (larger & ~roi).sum() + 1 and grown.attrs["usid_store"] == stored.attrs["usid_store"]
+    assert (
+        count.calls == (larger & ~roi).sum() + 1 and grown.attrs["usid_store"] == stored.attrs["usid_store"]
+    )
     count.calls = 0
     full = lazyusid.map_spectra(data, count, store=scan.path, cores=1)
     assert count.calls == (~larger).sum() + 1 and full.attrs["usid_store"] == stored.attrs["usid_store"]
@@ -280,3 +279,57 @@ def test_skip_lazy_and_vectorised(scan):
     out = lazyusid.map_spectra(data, block_fragile, vectorized=True, on_error="skip", cores=1).compute()
     np.testing.assert_array_equal(out.usid.failed.values, bad)
     np.testing.assert_allclose(out.values[~bad], np.abs(scan.data).sum(-1)[~bad], rtol=1e-6)
+
+
+def test_in_file_pipeline_reads_stored_inputs_on_worker_processes(scan):
+    """A stored guess in the file the fit is written into is read by the block tasks, lock-free."""
+    data = lazyusid.open_usid(scan.path)
+    guess = lazyusid.map_spectra(data, Counter(), store=scan.path, cores=1)
+    smap = prepare_map(data, weighted, params={"guess": guess}, cores=2, writes_to=scan.path)
+    assert isinstance(smap.readers["guess"], FlatReader) and smap.readers["guess"].rows.how != "h5py"
+    assert "HDF5" not in smap.plan.scheduler  # not forced onto the client's threads
+    smap_store = lazyusid.map_spectra(data, weighted, params={"guess": guess}, store=scan.path, cores=2)
+    expected = np.abs(scan.data).sum(-1) ** 2
+    np.testing.assert_allclose(smap_store.values, expected, rtol=1e-5)
+
+
+def test_dataset_and_record_inputs(scan):
+    data = lazyusid.open_usid(scan.path)
+
+    def two(spectrum):
+        return {"lo": float(spectrum.min()), "hi": float(spectrum.max())}
+
+    def span(spectrum, bounds):
+        return bounds["hi"] - bounds["lo"]
+
+    bounds = lazyusid.map_spectra(data, two, store=scan.path, cores=1)
+    assert isinstance(bounds, xr.Dataset)
+    out = lazyusid.map_spectra(data, span, params={"bounds": bounds}, cores=1)
+    np.testing.assert_allclose(out.values, np.ptp(scan.data, axis=-1), rtol=1e-6)
+    records = np.zeros((N_Y, N_X), dtype=[("lo", "f8"), ("hi", "f8")])
+    records["lo"], records["hi"] = scan.data.min(-1), scan.data.max(-1)
+    rec = xr.DataArray(records, dims=("Y", "X"))
+    out = lazyusid.map_spectra(data, span, params={"bounds": rec}, cores=1)
+    np.testing.assert_allclose(out.values, np.ptp(scan.data, axis=-1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["points", "slices", "lists"])
+def test_stored_selection_keeps_position_coordinates(scan, kind):
+    data = lazyusid.open_usid(scan.path)
+    ys, xs = [0, 2, 3], [1, 3, 6]
+    if kind == "points":
+        sel = data.isel(Y=xr.DataArray(ys, dims="pt"), X=xr.DataArray(xs, dims="pt"))
+    elif kind == "slices":
+        sel = data.isel(Y=slice(1, 4), X=slice(2, None))
+    else:
+        sel = data.isel(Y=ys, X=xs)
+    stored = lazyusid.map_spectra(sel, Counter(), store=scan.path, cores=1)
+    reopened = lazyusid.open_usid(scan.path, stored.attrs["usid_dataset"]).squeeze(drop=True)  # no "Value"
+    for label in ("Y", "X"):
+        np.testing.assert_allclose(
+            reopened[label].broadcast_like(reopened).values.ravel(),
+            sel[label].broadcast_like(stored).values.ravel(),
+        )
+    np.testing.assert_allclose(
+        np.asarray(reopened.values).ravel(), np.abs(sel.values).sum(-1).ravel(), rtol=1e-6
+    )

@@ -206,7 +206,7 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         "usid_store": sink.where if sink.kind == "zarr" else f"{sink.where}{name}",
         "usid_token": token,
     }
-    arrays = {}
+    arrays, reads = {}, {}
     coords = dict(shape.coords)
     if FAILED in variables:
         coords[FAILED] = variables[FAILED].astype(bool)
@@ -218,7 +218,8 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
             sink.kind == "hdf5"
         ):  # the output is a USID main dataset: what it is read from, as open_usid names it
             var.attrs.update(usid_file=sink.path, usid_dataset=f"{sink.group.rstrip('/')}/{name}/{o.name}")
-        var.encoding["usid_read"] = var.data.name  # untouched: read directly, identified by the token
+        # untouched (the read's own name), the block tasks read its rows directly; its dims are the file's order
+        reads[o.name] = {"usid_read": var.data.name, "usid_file_order": var.dims}
         if o.dtype.names is None:
             arrays[o.name] = var
             continue
@@ -232,6 +233,11 @@ def _as_xarray(sink, name, shape: ResultShape, smap, token: str, result_dims):
         out = xr.Dataset(arrays, coords=coords, attrs={"usid_function": smap.function.name, **attrs})
     if result_dims is not None and tuple(out.dims) != tuple(result_dims):
         out = out.transpose(*result_dims, ...)
+    for key, encoding in reads.items():  # set last: constructors and transposes do not keep encodings
+        if isinstance(out, xr.DataArray):
+            out.encoding.update(encoding)
+        elif key in out.data_vars:
+            out[key].encoding.update(encoding)
     errors = sink.errors(name) if FAILED in variables else None
     if errors is not None:
         out.attrs["usid_errors"] = json.dumps(errors)

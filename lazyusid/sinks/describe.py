@@ -6,12 +6,14 @@ its attributes themselves.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
-from .base import MARKERS
+from .base import FAILED, MARKERS
 from .hdf5_group import RESERVED_ATTRS
 
 
@@ -25,6 +27,10 @@ class ResultsInfo:
     n_rows: int | None
     by_lazyusid: bool
     params: dict[str, str] = field(default_factory=dict)
+    #: what it was computed from: ``name <- dataset or store`` per input (lazyusid groups only)
+    inputs: list[str] = field(default_factory=list)
+    #: positions where the function raised (``on_error="skip"``), or None
+    failed: int | None = None
 
     def __str__(self) -> str:
         if self.n_rows is None:
@@ -34,7 +40,11 @@ class ResultsInfo:
             status = f"{self.rows_done}/{self.n_rows} positions done{complete}"
         origin = "lazyusid" if self.by_lazyusid else "not lazyusid"
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "none"
-        return f"results {self.name}: tool={self.tool}, {status}, {origin}; parameters: {params}"
+        failed = f", {self.failed} failed" if self.failed else ""
+        text = f"results {self.name}: tool={self.tool}, {status}{failed}, {origin}; parameters: {params}"
+        if self.inputs:
+            text += "; inputs: " + ", ".join(self.inputs)
+        return text
 
 
 def results_of(dset: h5py.Dataset) -> list[h5py.Group]:
@@ -62,6 +72,23 @@ def describe_results(grp: h5py.Group) -> ResultsInfo:
         rows_done, n_rows = int(done[()].astype(bool).sum()), int(done.size)
     tool = grp.attrs.get("tool", "?")
     tool = tool.decode("utf-8", "replace") if isinstance(tool, bytes) else str(tool)
+    inputs = []
+    text = grp.attrs.get("lazyusid_inputs")
+    if text is not None:
+        for rec in json.loads(text.decode() if isinstance(text, bytes) else text):
+            where = rec.get("dataset") or rec.get("store") or "values in memory"
+            if rec.get("file") and os.path.abspath(rec["file"]) != os.path.abspath(grp.file.filename):
+                where = f"{rec['file']}:{where}"
+            inputs.append(f"{rec['name']} <- {where}")
+    failed = grp.get(FAILED)
+    n_failed = int(np.count_nonzero(failed[()])) if isinstance(failed, h5py.Dataset) else None
     return ResultsInfo(
-        grp.name.rsplit("/", 1)[-1], tool, rows_done, n_rows, "lazyusid_token" in grp.attrs, params
+        grp.name.rsplit("/", 1)[-1],
+        tool,
+        rows_done,
+        n_rows,
+        "lazyusid_token" in grp.attrs,
+        params,
+        inputs,
+        n_failed,
     )

@@ -24,7 +24,7 @@ from ..core.identity import to_json
 from ..errors import StoreConflictError
 from ..usid.dimension import Dimension
 from ..usid.files import unplain_storage
-from ..usid.write import ANCILLARY_NAMES, bookkeeping_attrs, write_main
+from ..usid.write import ANCILLARY_NAMES, Points, bookkeeping_attrs, write_main
 from .base import ERRORS, FAILED, MARKERS, ResultShape
 from .hdf5_file import opened
 
@@ -271,7 +271,21 @@ def _suffix(shape: ResultShape, out: Output) -> str:
     return "" if len(shape.outputs) == 1 else f"_{out.name}"
 
 
-def _pos_dims(shape: ResultShape) -> list[Dimension]:
+def _pos_dims(shape: ResultShape) -> list[Dimension] | Points:
+    """The result's positions: a grid of dimensions, or the points of a point selection (their coordinates)."""
+    if len(shape.pos_dims) == 1:
+        (dim,) = shape.pos_dims
+        along = {
+            str(k): v
+            for k, v in shape.coords.items()
+            if k != dim and v.dims == (dim,) and v.dtype.kind in "biuf"
+        }
+        if along:  # e.g. Y(pt), X(pt) of data.isel(Y=[...], X=[...]) along one new dimension "pt"
+            return Points(
+                tuple(along),
+                tuple(str(v.attrs.get("units", "")) for v in along.values()),
+                np.stack([np.asarray(v.values, dtype=np.float64) for v in along.values()], axis=1),
+            )
     return [_dimension(shape, d, n) for d, n in zip(shape.pos_dims, shape.pos_shape)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import h5py
@@ -138,8 +139,26 @@ def bookkeeping_attrs() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Points:
+    """Positions that are a list of points, not a grid: each point's value of every label.
+
+    What a point selection of a scan (``data.isel(Y=[...], X=[...])`` with
+    index arrays along one new dimension) keeps of its positions; written as
+    position ancillaries whose rows are the points (they do not tile a grid,
+    so :func:`~lazyusid.open_usid` gives a ``Position`` dimension with one
+    coordinate per label).
+    """
+
+    labels: tuple[str, ...]
+    units: tuple[str, ...]
+    values: np.ndarray  # (points, labels)
+
+
 def _ancillaries(group, dims, *, spectroscopic: bool):
     """Return (dimensions-or-existing-datasets, N-D shape) without writing anything."""
+    if isinstance(dims, Points) and not spectroscopic:
+        return dims, (int(dims.values.shape[0]),)
     if isinstance(dims, h5py.Dataset):
         from .layout import read_layout
 
@@ -159,7 +178,7 @@ def _ancillaries(group, dims, *, spectroscopic: bool):
 
 
 def _materialise(group, anc, prefix: str, *, spectroscopic: bool, suffix: str = ""):
-    if isinstance(anc[0], h5py.Dataset):
+    if not isinstance(anc, Points) and isinstance(anc[0], h5py.Dataset):
         return anc
     names = [f"{prefix}_Indices{suffix}", f"{prefix}_Values{suffix}"]
     clash = [n for n in names if n in group]
@@ -168,22 +187,28 @@ def _materialise(group, anc, prefix: str, *, spectroscopic: bool, suffix: str = 
             f"{group.name!r} already holds {clash}; write this main dataset into its own group, "
             "or pass an existing main dataset as pos_dims/spec_dims to share its ancillaries"
         )
-    if anc[0] == "copy":
+    if isinstance(anc, Points):  # each label's index: the rank of its value among the points' values
+        values = np.asarray(anc.values, dtype=np.float64)
+        indices = np.stack([np.unique(col, return_inverse=True)[1] for col in values.T], axis=1)
+        names_units = list(zip(anc.labels, anc.units))
+    elif anc[0] == "copy":
         for n, source in zip(names, anc[1:]):
             group.copy(source, n)
         return tuple(group[n] for n in names)
-    indices, values = build_ancillary(anc)
-    if not spectroscopic:
-        indices, values = indices.T, values.T
+    else:
+        indices, values = build_ancillary(anc)
+        if not spectroscopic:
+            indices, values = indices.T, values.T
+        names_units = [(d.name, d.units) for d in anc]
     # byte strings as pyUSID stores them, UTF-8 encoded (np.array(..., "S") accepts only ASCII: "µm")
-    labels = np.array([d.name.encode() for d in anc], dtype="S")
-    units = np.array([d.units.encode() for d in anc], dtype="S")
+    labels = np.array([n.encode() for n, _ in names_units], dtype="S")
+    units = np.array([u.encode() for _, u in names_units], dtype="S")
     out = []
     for n, arr in zip(names, (indices, values)):
         ds = group.create_dataset(n, data=np.ascontiguousarray(arr))
         ds.attrs["labels"] = labels
         ds.attrs["units"] = units
-        ds.attrs["type"] = np.zeros(len(anc), dtype=np.int64)
+        ds.attrs["type"] = np.zeros(len(names_units), dtype=np.int64)
         out.append(ds)
     return tuple(out)
 
