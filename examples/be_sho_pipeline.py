@@ -22,10 +22,7 @@ USID results group in the source file:
    need 8 or more (about 2 % of the positions of the 32 × 24 default; the
    share depends on the size and on the prior). With ``on_error="skip"``
    those positions get NaN and the run completes; ``fit.usid.failed`` is the
-   mask of where it failed and ``fit.usid.errors`` the first messages. (The
-   fit reads its guess from the file it writes into, so it runs on threads of
-   this process; with the guess stored in another file or a zarr store it
-   would run on worker processes.)
+   mask of where it failed and ``fit.usid.errors`` the first messages.
 3. the **refit** of only those positions (``roi=fit.usid.failed``) with
    another method: ``fit_sho`` as ``sho_fit.py`` runs it, from its own
    starting point read off the spectrum (peak and half-power width) and with
