@@ -47,8 +47,9 @@ Usage::
     python examples/be_sho_pipeline.py --size 128x128 --out /tmp/pipeline
 
 Writes into ``--out``: ``be_pipeline.h5`` (the data and the guess, fit and
-refit results groups of both guess parameters); see them with
-``lazyusid tree``. See ``docs/pipelines.md``.
+refit results groups of both guess parameters; see them with
+``lazyusid tree``) and ``pipeline_maps.png`` (where the fit failed, and the
+final resonance-frequency map beside the true one). See ``docs/pipelines.md``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def fit_from_guess(
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=(32, 24), help="positions as NXxNY (32x24)")
-    parser.add_argument("--out", default="lazyusid-examples", help="directory for the file")
+    parser.add_argument("--out", default="lazyusid-examples", help="directory for the file and the plot")
     parser.add_argument("--cores", type=int, default=None, help="workers (default: all but one core)")
     parser.add_argument("--quality-factor", type=float, default=100.0, help="the guess's prior Q (100)")
     parser.add_argument(
@@ -224,6 +225,33 @@ def print_errors(steps: dict, truth) -> None:
         print(f"  {name:<15} {kind:<21} {np.median(values):.3g} ({np.percentile(values, 95):.3g})")
 
 
+def plot_pipeline(steps: dict, truth, path: str) -> None:
+    """Where the fit failed, and the final resonance-frequency map beside the true one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps, _ = final_maps(steps)
+    failed = steps["fit"][0].usid.failed.values
+    true = np.asarray(truth.frequency) / 1e3
+    lo, hi = float(true.min()), float(true.max())
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    axes[0].imshow(failed, origin="lower", cmap="gray_r", vmin=0, vmax=1)
+    axes[0].set_title(f"fit failed (max_nfev={MAX_NFEV}): {int(failed.sum())} positions, refitted")
+    for ax, title, image in (
+        (axes[1], "w0, fit + refit", maps["frequency"].values / 1e3),
+        (axes[2], "w0, ground truth", true),
+    ):
+        im = ax.imshow(image, origin="lower", cmap="viridis", vmin=lo, vmax=hi)
+        ax.set_title(title)
+    fig.colorbar(im, ax=axes[1:].tolist(), label="w0 (kHz)", shrink=0.9)
+    for ax in axes:
+        ax.set(xlabel="X (positions)", ylabel="Y (positions)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def print_lineage(result, what: str) -> None:
     """What ``lazyusid.lineage`` says a stored result was computed from, newest step first."""
     print(f"lineage of the {what}:")
@@ -257,6 +285,9 @@ def main(args: argparse.Namespace) -> None:
     if steps["refit"][0] is not None:
         print_lineage(steps["refit"][0], "refit")
     print_errors(steps, truth)
+    plot = os.path.join(args.out, "pipeline_maps.png")
+    plot_pipeline(steps, truth, plot)
+    print(f"plot: {plot}")
 
     print()
     run_pipeline(data, "pass 2 (the same again)", args.quality_factor, args.cores)

@@ -217,6 +217,7 @@ def test_be_sho_pipeline_reruns_nothing_recomputes_a_changed_guess_and_refits_fa
     n_x, n_y = 16, 12  # 192 positions: 4 fits fail from the default guess (the 8 x 6 file has 2)
     n = n_x * n_y
     out = run_example("be_sho_pipeline.py", tmp_path, size=(n_x, n_y))
+    assert_pngs(tmp_path, "pipeline_maps.png")
     first = step_lines(out, "pass 1")
     assert first == {
         "guess": (n, n, "Raw_Data-SHO_Guess_000"),
