@@ -87,12 +87,21 @@ def sho_guess(spectrum: np.ndarray, freqs: np.ndarray) -> tuple[float, float, fl
     return float(magnitude[k]) / q, w0, q, phase
 
 
-def fit_sho(spectrum: np.ndarray, freqs: np.ndarray) -> dict[str, float]:
+def fit_sho(
+    spectrum: np.ndarray,
+    freqs: np.ndarray,
+    start: tuple[float, float, float, float] | None = None,
+    max_nfev: int | None = None,
+) -> dict[str, float]:
     """Least-squares SHO fit of one complex spectrum: A, w0, Q, φ and R².
 
     The fit runs on normalised values (the spectrum divided by its largest
     magnitude, frequencies by the centre of the band) so that all four
-    parameters are of order one.
+    parameters are of order one. It starts from ``start`` = ``(A, w0, Q, φ)``
+    (V, Hz, 1, rad; e.g. a guess computed before) or, by default, from
+    :func:`sho_guess`. ``max_nfev`` caps the evaluations of the residuals
+    (default: scipy's, 400); a fit that reaches the cap before converging
+    raises ``RuntimeError``.
     """
     spectrum = np.asarray(spectrum, dtype=np.complex128)
     freqs = np.asarray(freqs, dtype=np.float64)
@@ -101,7 +110,10 @@ def fit_sho(spectrum: np.ndarray, freqs: np.ndarray) -> dict[str, float]:
         return {**dict.fromkeys(PARAMETERS, np.nan), "r_squared": np.nan}
     y = spectrum / scale
     f_c = float(freqs.mean())
-    a, w0, q, phase = sho_guess(y, freqs)
+    if start is None:
+        a, w0, q, phase = sho_guess(y, freqs)
+    else:
+        a, w0, q, phase = start[0] / scale, *start[1:]
 
     def residuals(p):
         d = sho_model(freqs, p[0], p[1] * f_c, p[2], p[3]) - y
@@ -126,7 +138,9 @@ def fit_sho(spectrum: np.ndarray, freqs: np.ndarray) -> dict[str, float]:
     lower = np.array([0.0, freqs[0] / f_c, 1.0, -2 * np.pi])
     upper = np.array([np.inf, freqs[-1] / f_c, 1e4, 2 * np.pi])
     x0 = np.clip([a, w0 / f_c, q, phase], np.nextafter(lower, upper), np.nextafter(upper, lower))
-    fit = least_squares(residuals, x0, jac=jacobian, bounds=(lower, upper), x_scale="jac")
+    fit = least_squares(residuals, x0, jac=jacobian, bounds=(lower, upper), x_scale="jac", max_nfev=max_nfev)
+    if fit.status == 0:
+        raise RuntimeError(f"the SHO fit did not converge in {fit.nfev} evaluations (max_nfev={max_nfev})")
     amp, u, qf, phi = fit.x
     rest = np.sum(np.abs(y - sho_model(freqs, amp, u * f_c, qf, phi)) ** 2)
     total = np.sum(np.abs(y - y.mean()) ** 2)
