@@ -37,6 +37,8 @@ from .cli import say
 
 #: how long ``--scheduler-file`` waits for the file to appear (the scheduler may still be starting)
 SCHEDULER_FILE_WAIT_S = 60.0
+#: how long ``--scheduler-file`` waits for ``--wait-for-workers`` workers to connect
+WORKERS_WAIT_S = 300.0
 
 
 class UsageError(ValueError):
@@ -107,6 +109,8 @@ def add_map_parser(sub) -> None:
         help="connect to the running dask scheduler that wrote FILE (dask scheduler --scheduler-file FILE) "
         "and compute on its workers",
     )
+    p.add_argument("--wait-for-workers", type=int, default=1, metavar="N", help="with --scheduler-file: "
+                   f"start once N workers have connected (default 1; at most {WORKERS_WAIT_S:.0f} s)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -115,12 +119,14 @@ def run_map(args: argparse.Namespace) -> int:
     loaded = load_function(args.function)
     params = parse_params(args.param, args.params_json)
     outputs = parse_outputs(args.outputs)
+    if args.wait_for_workers < 0:
+        raise UsageError(f"--wait-for-workers must be 0 or more, got {args.wait_for_workers}")
 
     from .compute import map_spectra
     from .io.open import open_usid
 
     data = open_usid(args.file, args.dataset)
-    client = connect(args.scheduler_file) if args.scheduler_file else None
+    client = connect(args.scheduler_file, args.wait_for_workers) if args.scheduler_file else None
     try:
         cores = args.cores
         if client is not None:
@@ -321,8 +327,11 @@ def importable(module_name: str) -> bool:
         return False
 
 
-def connect(scheduler_file: str):
-    """A :class:`distributed.Client` of the scheduler that wrote ``scheduler_file`` (waits for the file)."""
+def connect(scheduler_file: str, n_workers: int = 1):
+    """A :class:`distributed.Client` of the scheduler that wrote ``scheduler_file``, once ``n_workers`` joined.
+
+    Waits for the file (:data:`SCHEDULER_FILE_WAIT_S`) and the workers (:data:`WORKERS_WAIT_S`).
+    """
     from distributed import Client
 
     path = Path(scheduler_file)
@@ -336,4 +345,17 @@ def connect(scheduler_file: str):
                 f"`dask scheduler --scheduler-file {path}` first, or check the path"
             )
         time.sleep(0.5)
-    return Client(scheduler_file=str(path), set_as_default=False)
+    client = Client(scheduler_file=str(path), set_as_default=False)
+    try:
+        client.wait_for_workers(n_workers, timeout=WORKERS_WAIT_S)
+    except TimeoutError:
+        found = len(client.scheduler_info()["workers"])
+        client.close(timeout=10)
+        raise TimeoutError(
+            f"{found} of {n_workers} workers connected to the scheduler of {path} within {WORKERS_WAIT_S:.0f} s: "
+            f"start them with `dask worker --scheduler-file {path}`, or lower --wait-for-workers"
+        ) from None
+    except BaseException:
+        client.close(timeout=10)
+        raise
+    return client

@@ -210,6 +210,34 @@ def test_bad_params_exit_2_with_one_line(scan, mods):
     assert sha256(scan) == before
 
 
+def test_errors_of_the_run_are_one_line_with_exit_1_and_write_nothing(scan, mods, tmp_path):
+    before = sha256(scan)
+    for args, says in (
+        ([mods / "mapfuncs.py:peak", tmp_path / "missing.h5"], "no such file"),
+        ([mods / "mapfuncs.py:peak", scan, "--dataset", "Nope"], "'Nope' is not in the file"),
+        ([mods / "mapfuncs.py:scaled", scan, "--param", "k=2"], "scaled failed at position 0"),
+        ([mods / "mapfuncs.py:peak", scan, "--budget", "1B"], "budget"),
+    ):
+        done = run("map", *args, "--no-progress")
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.startswith("lazyusid map: error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert says in done.stderr, done.stderr
+    assert sha256(scan) == before
+
+
+def test_store_into_zarr_names_the_store(scan, mods, tmp_path):
+    import xarray as xr
+
+    target = tmp_path / "results.zarr"
+    done = run("map", mods / "mapfuncs.py:peak", scan, "--store", target, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert f"into {target}" in done.stdout
+    on_disk = xr.open_zarr(target, consolidated=False)
+    np.testing.assert_array_equal(on_disk["peak"].values.reshape(-1), numpy_peaks(scan))
+    again = run("map", mods / "mapfuncs.py:peak", scan, "--store", target, "--no-progress")
+    assert "already computed" in again.stdout and str(target) in again.stdout
+
+
 def test_vectorized_with_core_dims(tmp_path, mods):
     path = tmp_path / "beps.h5"
     datasets.make_beps(path, n_x=3, n_y=2, n_dc=5, n_freq=8)
@@ -265,7 +293,7 @@ def test_scheduler_file_runs_on_a_running_dask_scheduler(scan, mods, tmp_path):
         try:
             proc = subprocess.Popen(
                 [EXE, "map", f"{mods / 'mapfuncs.py'}:logged_peak", str(scan), "--param", f"log={log}",
-                 "--scheduler-file", str(cluster.scheduler_file), "--no-progress"],
+                 "--scheduler-file", str(cluster.scheduler_file), "--wait-for-workers", "1", "--no-progress"],
                 env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             out, err = proc.communicate(timeout=300)
