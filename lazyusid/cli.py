@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # nothing was written
         say(f"lazyusid {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
-    except (OSError, LazyUSIDError, ValueError) as exc:
+    except (OSError, LazyUSIDError, ValueError, TypeError) as exc:  # TypeError: an option of the wrong kind
         say(f"lazyusid {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 1
 

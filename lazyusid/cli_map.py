@@ -67,8 +67,10 @@ def add_map_parser(sub) -> None:
         ),
         epilog=(
             "MODULE is a path to a .py file (imported by its name, its directory first on sys.path) or a "
-            "module name (imported with the current directory first on sys.path). Exit status: 0 done, "
-            "1 error, 2 bad arguments (nothing written), 130 interrupted (finished positions are kept)."
+            "module name (imported with the current directory first on sys.path); with --scheduler-file, a "
+            "module that is one .py file found that way is sent to the workers, a package must be installed "
+            "there. Exit status: 0 done, 1 error, 2 bad arguments (nothing written), 130 interrupted by "
+            "Ctrl-C or SIGTERM (finished positions are kept: run the same command again to resume)."
         ),
     )
     p.add_argument("function", metavar="MODULE:FUNCTION", help="e.g. fits.py:peak or mypackage.fits:peak")

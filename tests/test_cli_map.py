@@ -217,6 +217,8 @@ def test_errors_of_the_run_are_one_line_with_exit_1_and_write_nothing(scan, mods
         ([mods / "mapfuncs.py:peak", scan, "--dataset", "Nope"], "'Nope' is not in the file"),
         ([mods / "mapfuncs.py:scaled", scan, "--param", "k=2"], "scaled failed at position 0"),
         ([mods / "mapfuncs.py:peak", scan, "--budget", "1B"], "budget"),
+        ([mods / "mapfuncs.py:peak", scan, "--core-dims", "Nope"], "are not dimensions of the data"),
+        ([mods / "mapfuncs.py:peak", scan, "--outputs", '{"peak": {"dtipe": "f4"}}'], "unknown keys"),
     ):
         done = run("map", *args, "--no-progress")
         assert done.returncode == 1, (args, done.stderr)
