@@ -118,11 +118,11 @@ def add_map_parser(sub) -> None:
 
 def run_map(args: argparse.Namespace) -> int:
     """Run ``lazyusid map``; arguments are all checked before the file is opened."""
+    if args.wait_for_workers < 0:
+        raise UsageError(f"--wait-for-workers must be 0 or more, got {args.wait_for_workers}")
     loaded = load_function(args.function)
     params = parse_params(args.param, args.params_json)
     outputs = parse_outputs(args.outputs)
-    if args.wait_for_workers < 0:
-        raise UsageError(f"--wait-for-workers must be 0 or more, got {args.wait_for_workers}")
 
     from .compute import map_spectra
     from .io.open import open_usid
