@@ -359,3 +359,16 @@ def test_help_says_how_param_values_are_read():
     done = run("map", "--help")
     assert done.returncode == 0
     assert "JSON" in done.stdout and "MODULE:FUNCTION" in done.stdout and "--scheduler-file" in done.stdout
+
+
+def test_outputs_name_and_type_the_result(scan, mods, in_process):
+    code, out, err = in_process(
+        "map", mods / "mapfuncs.py:peak", scan, "--outputs", "amp=float32", "--no-progress"
+    )
+    assert code == 0, err
+    assert "(outputs: amp)" in out
+    (name,) = results_groups(scan, "peak")
+    with h5py.File(scan, "r") as f:
+        values = f[GROUP][name]["amp"][()][:, 0]
+    assert values.dtype == np.float32
+    np.testing.assert_array_equal(values, numpy_peaks(scan).astype(np.float32))
