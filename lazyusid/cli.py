@@ -1,4 +1,4 @@
-"""The ``lazyusid`` command line: ``demo``, ``tree`` and ``info``."""
+"""The ``lazyusid`` command line: ``demo``, ``tree``, ``info`` and ``map`` (in :mod:`lazyusid.cli_map`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,15 @@ def say(text: str = "", *, file=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``lazyusid`` command; returns the exit status (1 error, 2 bad arguments, 130 interrupted)."""
+    from . import __version__
+    from .cli_map import UsageError, add_map_parser, run_map
+
     parser = argparse.ArgumentParser(
         prog="lazyusid",
         description="Apply functions to every spectrum of large USID datasets.",
     )
+    parser.add_argument("--version", action="version", version=f"lazyusid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="generate a synthetic BE-PFM file and find the peak of every spectrum")
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="dimensions, sizes and units of USID main datasets")
     info.add_argument("file")
     info.add_argument("dataset", nargs="?", default=None, help="path or name of one main dataset")
+    add_map_parser(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -48,11 +54,21 @@ def main(argv: list[str] | None = None) -> int:
             for line in tree(args.file).split("\n"):  # tree() escapes names: only its own newlines are left
                 say(line)
             return 0
+        if args.command == "map":
+            return run_map(args)
         return run_info(args)
-    except (OSError, LazyUSIDError, ValueError) as exc:
-        message = str(exc).split("\n")[0] if str(exc) else type(exc).__name__  # not splitlines: "\x85", "\r"
-        say(f"lazyusid {args.command}: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:  # a stored run has printed its checkpoint line
+        return 130
+    except UsageError as exc:  # nothing was written
+        say(f"lazyusid {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, LazyUSIDError, ValueError, TypeError) as exc:  # TypeError: an option of the wrong kind
+        say(f"lazyusid {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n")[0] if str(exc) else type(exc).__name__  # not splitlines: "\x85", "\r"
 
 
 def run_info(args) -> int:
