@@ -133,7 +133,7 @@ def prepare_map(
         in_process = "a per-position input reads the file results are written into, through HDF5"
     scheduler = choose_scheduler(
         vectorized=vectorized,
-        estimated_seconds=0.0 if vectorized else seconds * n_positions,
+        estimated_seconds=0.0 if vectorized else seconds * (n_positions if mask is None else int(mask.sum())),
         cores=cores,
         client=client,
         in_process=in_process,

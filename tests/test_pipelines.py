@@ -9,6 +9,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -20,6 +21,8 @@ from lazyusid.compute import prepare_map
 from lazyusid.graph import FlatReader
 
 N_Y, N_X, N_F = 5, 7, 11
+#: per spectrum of slow(): 35 positions ~1.75 s (worth worker processes), 2 positions ~0.1 s (not)
+SLOW_SECONDS = 0.05
 
 
 @pytest.fixture
@@ -333,3 +336,18 @@ def test_stored_selection_keeps_position_coordinates(scan, kind):
     np.testing.assert_allclose(
         np.asarray(reopened.values).ravel(), np.abs(sel.values).sum(-1).ravel(), rtol=1e-6
     )
+
+
+def slow(spectrum):
+    time.sleep(SLOW_SECONDS)
+    return float(np.abs(spectrum).sum())
+
+
+def test_small_roi_of_a_slow_function_runs_in_this_thread(scan):
+    data = lazyusid.open_usid(scan.path)
+    everywhere = lazyusid.plan_spectra(data, slow, cores=2)
+    assert "worker processes" in everywhere.scheduler  # the whole grid is worth the processes
+    roi = np.zeros((N_Y, N_X), bool)
+    roi[2, 3:5] = True
+    two = lazyusid.plan_spectra(data, slow, cores=2, roi=roi)
+    assert two.scheduler.startswith("this thread"), two.scheduler

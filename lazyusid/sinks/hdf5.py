@@ -18,6 +18,7 @@ checks that run before anything is written, :mod:`lazyusid.sinks.hdf5_group`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -29,7 +30,6 @@ import numpy as np
 import xarray as xr
 
 from ..core.function import MAX_ERRORS
-from ..core.identity import to_json
 from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
 from ..usid.write import bookkeeping_attrs
 from .base import (
@@ -351,7 +351,7 @@ class HDF5Sink(Sink):
             self._file.flush()
             if self._new_errors:  # with the flags: a kill before them computes (and records) the rows again
                 self._errors = merge_errors(self._errors, self._new_errors, MAX_ERRORS)
-                self._group.attrs[ERRORS] = to_json(self._errors)
+                self._group.attrs[ERRORS] = json.dumps(self._errors)  # index keys in dimension order
                 self._new_errors = []
             for r0, r1 in merged:
                 self._markers[r0:r1] = 1

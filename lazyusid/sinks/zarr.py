@@ -260,7 +260,7 @@ class ZarrSink(Sink):
             self._markers[index] = flags[i - r0 : j - r0].reshape(tuple(s.stop - s.start for s in index))
         if isinstance(outs, tuple) and len(outs) == 3 and outs[2]:  # (a, b, errors) of on_error="skip"
             errors = merge_errors(_errors(self._group.attrs), outs[2], MAX_ERRORS)
-            self._group.attrs[ERRORS] = to_json(errors)
+            self._group.attrs[ERRORS] = json.dumps(errors)  # index keys in dimension order
         self._done[r0:r1] |= flags
         rest = np.flatnonzero(self._done == 0)
         self._group.attrs["last_pixel"] = int(rest[0]) if rest.size else int(self._done.size)
