@@ -351,3 +351,28 @@ def test_small_roi_of_a_slow_function_runs_in_this_thread(scan):
     roi[2, 3:5] = True
     two = lazyusid.plan_spectra(data, slow, cores=2, roi=roi)
     assert two.scheduler.startswith("this thread"), two.scheduler
+
+
+def argmax(spectrum):
+    return int(np.argmax(np.abs(spectrum)))
+
+
+@pytest.mark.parametrize("target", [None, "hdf5", "zarr"])
+def test_roi_outside_holds_the_declared_fill(scan, tmp_path, target):
+    data = lazyusid.open_usid(scan.path)
+    roi = np.zeros((N_Y, N_X), bool)
+    roi[::2, 1::3] = True
+    store = {None: None, "hdf5": scan.path, "zarr": str(tmp_path / "f.zarr")}[target]
+    out = lazyusid.map_spectra(
+        data, argmax, roi=roi, outputs={"argmax": {"dtype": "int16", "fill_value": -1}}, store=store, cores=1
+    )
+    values = out.values
+    assert values.dtype == np.int16
+    np.testing.assert_array_equal(values[roi], np.argmax(np.abs(scan.data), axis=-1)[roi])
+    assert (values[~roi] == -1).all()
+
+
+def test_fill_that_does_not_fit_is_refused(scan):
+    data = lazyusid.open_usid(scan.path)
+    with pytest.raises(TypeError, match="fill_value 0.5 does not fit its dtype int16"):
+        lazyusid.map_spectra(data, argmax, outputs={"argmax": {"dtype": "int16", "fill_value": 0.5}})

@@ -52,6 +52,11 @@ class Output:
     inferred_at : int, optional
         The position whose value the dtype was inferred from (``None``:
         declared). Only for messages: not part of equality or identity.
+    fill_value : scalar, optional
+        What positions not computed (outside a ``roi=``, failed with
+        ``on_error="skip"``, not yet computed) hold; default NaN for floats,
+        0 otherwise (:func:`~lazyusid.core.casting.fill_value`). It must fit
+        the dtype, e.g. ``-1`` for an integer count.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Output:
     dims: tuple[str, ...] | None = None
     units: str = DEFAULT_UNITS
     inferred_at: int | None = field(default=None, compare=False, repr=False)
+    fill_value: object = None
 
     def __post_init__(self):
         if not isinstance(self.units, str):
@@ -70,6 +76,17 @@ class Output:
         if len(dims) != len(self.shape):
             raise ValueError(f"output {self.name!r}: {len(dims)} dims {dims} for shape {self.shape}")
         object.__setattr__(self, "dims", tuple(dims))
+        if self.fill_value is not None:
+            fill = np.asarray(self.fill_value)
+            if (
+                fill.shape != ()
+                or not np.can_cast(fill, self.dtype, "same_kind")
+                or (self.dtype.kind in "iub" and np.asarray(fill, self.dtype) != fill)
+            ):
+                raise TypeError(
+                    f"output {self.name!r}: fill_value {self.fill_value!r} does not fit its dtype {self.dtype}; "
+                    "give a scalar of that dtype"
+                )
 
     @property
     def nbytes(self) -> int:
@@ -77,13 +94,15 @@ class Output:
 
     @property
     def fill(self):
-        """What a value not computed reads as (:func:`fill_value` of the dtype)."""
-        return fill_value(self.dtype)
+        """What a value not computed reads as: the declared ``fill_value``, else :func:`fill_value` of the dtype."""
+        return fill_value(self.dtype) if self.fill_value is None else self.dtype.type(self.fill_value)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.str, "dims": list(self.dims)}
         if self.units != DEFAULT_UNITS:  # stored with the values: other units, another stored result
             out["units"] = self.units
+        if self.fill_value is not None:
+            out["fill_value"] = self.fill.item()
         return out
 
 
@@ -393,14 +412,15 @@ def infer_outputs(
         if isinstance(spec, Output):
             result_outputs.append(replace(spec, units=same) if spec.units == SAME_UNITS else spec)
             continue
-        dtype, dims, units, inferred_at = value.dtype, None, DEFAULT_UNITS, position
+        dtype, dims, units, inferred_at, fill = value.dtype, None, DEFAULT_UNITS, position, None
         if isinstance(spec, Mapping):
-            unknown = set(spec) - {"dtype", "shape", "dims", "units"}
+            unknown = set(spec) - {"dtype", "shape", "dims", "units", "fill_value"}
             if unknown:
                 raise TypeError(
                     f"output {output!r}: unknown keys {sorted(unknown)}; an output is declared with "
-                    "dtype, shape, dims and units"
+                    "dtype, shape, dims, units and fill_value"
                 )
+            fill = spec.get("fill_value")
             if "dtype" in spec:
                 dtype, inferred_at = spec["dtype"], None
             shape = tuple(spec.get("shape", shape))
@@ -417,7 +437,9 @@ def infer_outputs(
                 position=position,
                 coords=coords,
             )
-        result_outputs.append(Output(output, shape, dtype, dims, units, inferred_at=inferred_at))
+        result_outputs.append(
+            Output(output, shape, dtype, dims, units, inferred_at=inferred_at, fill_value=fill)
+        )
     outs = tuple(result_outputs)
     for value, o in zip(
         values, outs

@@ -18,7 +18,6 @@ import os
 import h5py
 import numpy as np
 
-from ..core.casting import fill_value
 from ..core.function import Output
 from ..core.identity import to_json
 from ..errors import StoreConflictError
@@ -93,7 +92,7 @@ def build_group(
             dtype=out.dtype,
             ancillary_suffix=_suffix(shape, out),
             chunks=(rows, cols),
-            fillvalue=fill_value(out.dtype),
+            fillvalue=out.fill,
         )
         pos_dims = main  # later outputs share the position ancillaries
     grp.attrs["tool"] = tool
@@ -231,9 +230,7 @@ def _check_storable(mem: h5py.File, out: Output, shape: ResultShape, where: str)
             "into a .zarr store); nothing was written."
         )
     try:
-        mem.create_dataset(
-            f"dtype-{out.name}", shape=(1, 1), dtype=out.dtype, fillvalue=fill_value(out.dtype)
-        )
+        mem.create_dataset(f"dtype-{out.name}", shape=(1, 1), dtype=out.dtype, fillvalue=out.fill)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"cannot store output {out.name!r} in {where}: HDF5 cannot hold its dtype {out.dtype} ({exc}). "

@@ -215,7 +215,7 @@ class ZarrSink(Sink):
         if self.inputs:
             attrs["lazyusid_inputs"] = to_json(self.inputs)
         ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-        encoding = {o.name: {"fill_value": np.nan} for o in shape.outputs if o.dtype.kind in "fc"}
+        encoding = {o.name: {"fill_value": o.fill} for o in shape.outputs if o.dtype.names is None}
         encoding[MARKERS] = {"fill_value": 0}
         if shape.status:
             encoding[FAILED] = {"fill_value": 0}
