@@ -89,3 +89,17 @@ def test_the_plot_is_an_image(executed):
     cells, _ = executed
     outputs = cell_running(cells, "amp.plot()").outputs
     assert any("image/png" in o.get("data", {}) for o in outputs), outputs
+
+
+def test_the_pipeline_step_uses_each_positions_peak_and_its_rerun_computes_nothing(executed):
+    cells, where = executed
+    first = stream(cell_running(cells, "rel = data.usid.map("), "stdout").splitlines()
+    assert first[0].startswith(f"{N_Y * N_X} positions computed into ")
+    assert first[1] == "['mean_relative', 'peak_amplitude']"
+    again = stream(cell_running(cells, "rel2 = data.usid.map("), "stdout")
+    assert again.startswith("0 positions computed")
+    with h5py.File(where / "scan.h5", "r") as f:
+        raw = f[MAIN_DATASET][()]
+        stored = f[MAIN_DATASET + "-mean_relative_000/mean_relative"][:, 0]
+    expected = np.array([np.abs(s).mean() / peak_amplitude(s) for s in raw])
+    np.testing.assert_allclose(stored, expected, rtol=1e-6)

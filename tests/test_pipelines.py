@@ -374,5 +374,5 @@ def test_roi_outside_holds_the_declared_fill(scan, tmp_path, target):
 
 def test_fill_that_does_not_fit_is_refused(scan):
     data = lazyusid.open_usid(scan.path)
-    with pytest.raises(TypeError, match="fill_value 0.5 does not fit its dtype int16"):
+    with pytest.raises(TypeError, match=r"fill_value 0\.5 does not fit its dtype int16"):
         lazyusid.map_spectra(data, argmax, outputs={"argmax": {"dtype": "int16", "fill_value": 0.5}})
