@@ -19,7 +19,7 @@ from collections.abc import Callable
 import xarray as xr
 
 from .compute import apply_at, map_spectra, plan_spectra
-from .graph import FAILED
+from .core.function import FAILED
 from .lineage import lineage
 from .usid.files import list_main, tree
 

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from dask.callbacks import Callback
 
-from .core.function import SpectralFunction
+from .core.function import FAILED, SpectralFunction
 from .core.plan import BlockPlan
 from .inputs import flat_inputs
 from .io.flat import FlatReader
@@ -31,8 +31,6 @@ from .run.schedulers import Scheduler
 
 #: prefix of the keys of block tasks (the progress bar counts them)
 BLOCK_PREFIX = "lazyusid-block-"
-#: name of the per-position failure mask of a result computed with ``on_error="skip"``
-FAILED = "failed_positions"
 
 
 class BlockJob:

@@ -28,6 +28,8 @@ DEFAULT_UNITS = "a. u."
 ON_ERROR = ("raise", "skip")
 #: errors kept per block (and per stored result) with ``on_error="skip"``
 MAX_ERRORS = 20
+#: name of the per-position failure flags (mask) of a result computed with ``on_error="skip"``
+FAILED = "failed_positions"
 #: declared units meaning "the input's units" (its ``attrs["units"]``), resolved when the outputs are inferred
 SAME_UNITS = "same"
 

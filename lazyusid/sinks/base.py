@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from ..core.function import FAILED as FAILED  # the sinks store it beside MARKERS
 from ..core.function import Output
 
 #: name of the per-row checkpoint flags, as pyUSID names them
 MARKERS = "completed_positions"
-#: name of the per-position failure flags of a result computed with ``on_error="skip"``
-FAILED = "failed_positions"
 #: attribute holding the first errors (JSON) of a result computed with ``on_error="skip"``
 ERRORS = "lazyusid_errors"
 
