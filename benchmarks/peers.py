@@ -1,0 +1,400 @@
+"""The peers benchmark (issue 14): lazyusid against every tool a microscopist could use instead.
+
+On one generated file per workload, each tool runs in its own long-lived process
+(``python -m benchmarks.peer_tools serve``: imports, session pool or context
+started and timed apart, warmed with an untimed call), the repeats interleaved
+between tools; the idle tools' process groups are frozen (SIGSTOP, SIGCONT
+for their turn) so that they do not take the 2 cores. Every result is checked
+against the serial loop's; the peak memory of the running tool's process tree
+is sampled as PSS (RSS would count forked pages once per process). Workload A
+is also timed end to end in a fresh process per tool
+(``python -m benchmarks.peer_tools once``).
+
+Workloads: A the seed's peak finder; B a ~20 µs per-spectrum function
+(:func:`benchmarks.functions.quadratic_peak`); C ``abs(block).max(-1)``
+vectorised on a large file, next to h5py's fastest ``read_direct``; D B's
+function on a file 4× pyUSID's ``max_mem_mb`` (pyUSID's multi-batch regime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+
+from .common import SPECTRUM_BYTES, Config, Row, TreeSampler, be_file, fmt_ratio, fmt_s, median_spread, warm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = {
+    "serial": "serial loop",
+    "pool": "multiprocessing.Pool(2)",
+    "lazyusid-stored": "lazyusid stored",
+    "lazyusid-lazy": "lazyusid lazy",
+    "pyusid": "pyUSID Process",
+    "libertem": "LiberTEM",
+    "hyperspy-threads": "HyperSpy on threads",
+    "hyperspy-cluster": "HyperSpy on a LocalCluster",
+    "xarray-threads": "xarray on threads",
+    "xarray-cluster": "xarray on a LocalCluster",
+    "h5py": "h5py's fastest read_direct (reading only)",
+}
+DASK = ["libertem", "hyperspy-threads", "hyperspy-cluster", "xarray-threads", "xarray-cluster"]
+#: the tools of each workload, in the order of the first repeat (the serial reference first)
+RUNS = {
+    "A": ["serial", "pool", "lazyusid-stored", "lazyusid-lazy", "pyusid", *DASK],
+    "B": ["serial", "pool", "lazyusid-stored", "lazyusid-lazy", "pyusid", *DASK],
+    "C": ["serial", "pool", "lazyusid-stored", "lazyusid-lazy", *DASK, "h5py"],
+    "D": ["serial", "lazyusid-stored", "pyusid"],
+}
+#: issue 14's targets: lazyusid stored's speed-up (the other tool's time over lazyusid's) at least this
+OTHERS_1 = {
+    t: 1.0
+    for t in ["pool", "libertem", "hyperspy-threads", "hyperspy-cluster", "xarray-threads", "xarray-cluster"]
+}
+TARGETS = {
+    "A": {"pool": 0.97, "libertem": 1.0, "xarray-cluster": 1.0, "hyperspy-cluster": 1.0, "xarray-threads": 1.8,
+          "hyperspy-threads": 1.8, "pyusid": 1.0},
+    "A fresh": {"pyusid": 1.10, "serial": 1.0, **OTHERS_1, "lazyusid-lazy": 1.0},
+    "B": {"serial": 1.6, "pyusid": 5.0, **OTHERS_1},
+    "C": {"serial": 1.0, **OTHERS_1, "h5py": 0.8},
+    "D": {"pyusid": 1.5},
+}  # fmt: skip
+TITLES = {
+    "A": "peak finder",
+    "B": "quadratic fit (~20 µs)",
+    "C": "abs(block).max(-1)",
+    "D": "quadratic fit, pyUSID batches",
+}
+
+
+@dataclass
+class Sizes:
+    a: tuple[int, int]
+    b: tuple[int, int]
+    c: tuple[int, int]
+    d_mem_mb: int  # pyUSID's max_mem_mb for D; its file is 4× larger
+    repeats: int
+    fresh_repeats: int
+    fresh_tools: tuple[str, ...] | None = None  # of workload A's tools (default: all)
+
+
+SIZES = {
+    "tiny": Sizes(
+        a=(4, 4),
+        b=(8, 8),
+        c=(16, 16),
+        d_mem_mb=1,
+        repeats=1,
+        fresh_repeats=1,
+        fresh_tools=("serial", "lazyusid-stored", "pyusid"),
+    ),
+    "quick": Sizes(a=(24, 24), b=(128, 128), c=(256, 256), d_mem_mb=4, repeats=2, fresh_repeats=1),
+    "full": Sizes(
+        a=(128, 128), b=(512, 512), c=(1024, 1152), d_mem_mb=64, repeats=2, fresh_repeats=1
+    ),  # C: 1.05 GiB
+}
+
+
+def d_shape(mem_mb: int) -> tuple[int, int]:
+    """(n_y, n_x) of a file of at least 4 × ``mem_mb`` MiB of spectra, 128 positions wide."""
+    n = -(-4 * mem_mb * 2**20 // SPECTRUM_BYTES)
+    return -(-n // 128), 128
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    return env
+
+
+class ToolProcess:
+    """One tool's long-lived process (its own process group): commands on stdin, ``RESULT`` lines back."""
+
+    def __init__(self, tool: str, workloads: list[str], warm_path: str, tmp: str):
+        self.tool = tool
+        self.error: str | None = None
+        self.lines: queue.Queue = queue.Queue()
+        self.log = open(os.path.join(tmp, f"{tool}.log"), "w")  # closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.peer_tools", "serve", tool, warm_path, tmp, "--workloads", ",".join(workloads)],
+            cwd=REPO, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                self.lines.put(json.loads(line[len("RESULT ") :]))
+        self.lines.put(None)
+
+    def reply(self, timeout_s: float) -> dict:
+        try:
+            out = self.lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self.kill()
+            return {"error": f"no answer within {timeout_s:.0f} s (killed)"}
+        if out is None:
+            return {"error": f"the process exited ({self.proc.poll()}); see {self.log.name}"}
+        return out
+
+    def signal_tree(self, sig: int) -> None:
+        """``sig`` to the tool's process group, and to any descendant that left it."""
+        try:
+            os.killpg(self.proc.pid, sig)
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                if os.getpgid(child.pid) != self.proc.pid:
+                    child.send_signal(sig)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+
+    def call(self, cmd: dict, timeout_s: float) -> dict:
+        """Resume, run one timed call while sampling the tree's PSS, freeze again."""
+        if self.error:
+            return {"error": self.error}
+        self.signal_tree(signal.SIGCONT)
+        try:
+            with TreeSampler(self.proc.pid, interval_s=0.05, pss=True) as sampler:
+                self.proc.stdin.write(json.dumps(cmd) + "\n")
+                self.proc.stdin.flush()
+                out = self.reply(timeout_s)
+        except (OSError, psutil.NoSuchProcess) as exc:
+            out = {"error": f"the process is gone ({exc})"}
+        self.signal_tree(signal.SIGSTOP)
+        out["pss"] = sampler.peak
+        return out
+
+    def kill(self) -> None:
+        self.signal_tree(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.signal_tree(signal.SIGCONT)
+        try:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def compare(out: str, ref: np.ndarray) -> str:
+    """``exact`` (at the tool's output precision), ``close`` (rtol 1e-6) or what differs."""
+    got = np.load(out)
+    if got.shape != ref.shape:
+        return f"DIFFERENT shape {got.shape} (expected {ref.shape})"
+    if np.array_equal(got, ref.astype(got.dtype)):
+        return "exact"
+    if np.allclose(got, ref, rtol=1e-6, atol=0):
+        return "close"
+    return f"DIFFERENT at {int((~np.isclose(got, ref, rtol=1e-6, atol=0)).sum())} positions"
+
+
+def _rank(check: str) -> int:
+    return 2 if check.startswith("DIFFERENT") else {"exact": 0, "close": 1}.get(check, 3)
+
+
+class Results:
+    """Times, CPU, PSS and result checks of one workload, per tool."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self.pss: dict[str, int] = {}
+        self.check: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def add(self, tool: str, out: dict, check: str | None) -> None:
+        if "error" in out:
+            self.errors.setdefault(tool, out["error"])
+            return
+        self.times.setdefault(tool, []).append(out["seconds"])
+        self.cpu.setdefault(tool, []).append(out.get("cpu_s", float("nan")))
+        self.pss[tool] = max(self.pss.get(tool, 0), out.get("pss", 0))
+        check = check or "not checked"
+        if _rank(check) >= _rank(self.check.get(tool, "exact")):  # the worst check of the repeats stays
+            self.check[tool] = check
+
+    def value(self, tool: str) -> str:
+        if tool in self.times:
+            return fmt_s(self.times[tool])
+        return self.errors.get(tool, "not run")
+
+
+def target_rows(bench: str, key: str, res: Results) -> list[Row]:
+    rows = []
+    mine = res.times.get("lazyusid-stored")
+    for tool, target in TARGETS[key].items():
+        other = res.times.get(tool)
+        measure, goal = f"lazyusid stored vs {LABELS[tool]}", f"≥ {target:g}×"
+        if not mine or not other:
+            who = "lazyusid" if not mine else LABELS[tool]
+            rows.append(Row(bench, measure, "not measured", goal, False if not mine else None,
+                            f"{who}: {res.value('lazyusid-stored' if not mine else tool)}"))  # fmt: skip
+            continue
+        ratios = [o / m for o, m in zip(other, mine)]
+        lazy = res.times.get("lazyusid-lazy")
+        also = (
+            f"; lazyusid lazy: {fmt_ratio([o / m for o, m in zip(other, lazy)])}"
+            if lazy and tool != "lazyusid-lazy"
+            else ""
+        )
+        rows.append(Row(bench, measure, fmt_ratio(ratios), goal, median_spread(ratios)[0] >= target,
+                        f"{LABELS[tool]} {fmt_s(other)}; lazyusid stored {fmt_s(mine)}{also}"))  # fmt: skip
+    return rows
+
+
+def tool_rows(bench: str, res: Results, tools: list[str]) -> list[Row]:
+    rows = []
+    for tool in tools:
+        if tool not in res.times:
+            rows.append(Row(bench, LABELS[tool], res.value(tool)))
+            continue
+        rows.append(Row(bench, LABELS[tool], res.value(tool), detail=(
+            f"CPU {median_spread(res.cpu[tool])[0]:.2f} s (its process tree); peak PSS of the tree "
+            f"{res.pss[tool] / 2**20:.0f} MiB; result {res.check[tool]}")))  # fmt: skip
+    checked = {t: c for t, c in res.check.items() if c != "not checked"}
+    wrong = [f"{LABELS[t]}: {c}" for t, c in checked.items() if c.startswith("DIFFERENT")]
+    rows.append(Row(bench, "results equal to the serial loop's", "NO: " + "; ".join(wrong) if wrong else "yes",
+                    "equal", not wrong, f"{len(checked)} tools checked (exact, or close: rtol 1e-6)"))  # fmt: skip
+    return rows
+
+
+def workload(w: str, path: str, procs: dict, sizes: Sizes, tmp: str, log) -> Results:
+    res, ref = Results(), None
+    tools = [t for t in RUNS[w] if t in procs]
+    extra = {"max_mem_mb": sizes.d_mem_mb} if w == "D" else {}
+    for rep in range(sizes.repeats):
+        order = tools[rep % len(tools) :] + tools[: rep % len(tools)]
+        for tool in order:
+            out_path = os.path.join(tmp, f"{w}_{tool}.npy")
+            out = procs[tool].call({"workload": w, "path": path, "out": out_path, **extra}, timeout_s=1800)
+            if "error" not in out and out.get("checked"):
+                if ref is None and tool == "serial":
+                    ref = np.load(out_path)
+                check = compare(out_path, ref) if ref is not None else "not checked"
+            else:
+                check = None
+            res.add(tool, out, check)
+            log(
+                f"  peers {w} rep {rep + 1} {tool}: "
+                + (f"{out['seconds']:.3f} s" if "seconds" in out else out["error"])
+            )
+    return res
+
+
+def fresh_run(tool: str, src: str, tmp: str) -> dict:
+    """Workload A end to end in a fresh interpreter: seconds until the result is written, then exit."""
+    if tool == "pyusid":  # it writes into the file
+        shutil.copyfile(src, os.path.join(tmp, "fresh_pyusid.h5"))
+        src = os.path.join(tmp, "fresh_pyusid.h5")
+    out = os.path.join(tmp, f"fresh_{tool}.npy")
+    cmd = [sys.executable, "-m", "benchmarks.peer_tools", "once", tool, "A", src, out]
+    with open(os.path.join(tmp, f"fresh_{tool}.log"), "w") as err:
+        tic = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+        timer = threading.Timer(1800, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        done = next((time.perf_counter() - tic for line in proc.stdout if line.startswith("DONE")), None)
+        proc.wait()
+        timer.cancel()
+        exited = time.perf_counter() - tic
+    if done is None:
+        return {"error": f"failed ({proc.returncode}); see {err.name}"}
+    return {"seconds": done, "exit_s": exited - done, "out": out, "checked": True}
+
+
+def run(cfg: Config, log) -> list[Row]:
+    sizes = SIZES[cfg.mode]
+    shapes = {"A": sizes.a, "B": sizes.b, "C": sizes.c, "D": d_shape(sizes.d_mem_mb)}
+    files = {w: be_file(cfg, s) for w, s in shapes.items()}
+    tmp = os.path.join(cfg.workdir, "peers")
+    os.makedirs(tmp, exist_ok=True)
+    warm_path = be_file(cfg, (4, 4))
+    tools = list(dict.fromkeys(t for w in RUNS for t in RUNS[w]))
+    procs: dict[str, ToolProcess] = {}
+    rows: list[Row] = []
+    results: dict[str, Results] = {}
+    try:
+        for tool in tools:  # one at a time, the others frozen: each start-up measured alone
+            procs[tool] = ToolProcess(tool, [w for w in RUNS if tool in RUNS[w]], warm_path, tmp)
+            ready = procs[tool].reply(timeout_s=900)
+            procs[tool].signal_tree(signal.SIGSTOP)
+            if "error" in ready:
+                procs[tool].error = ready["error"]
+                rows.append(Row("peers: session start-up", LABELS[tool], ready["error"]))
+            else:
+                rows.append(Row("peers: session start-up", LABELS[tool], f"{ready['start_s']:.2f} s", detail=(
+                    f"pool/context start; imports before it {ready['import_s']:.2f} s; "
+                    f"untimed warm-up call(s) {ready['warm_s']:.2f} s")))  # fmt: skip
+            log(f"  peers start {tool}: {ready}")
+        for w in RUNS:
+            warm(files[w])
+            results[w] = workload(w, files[w], procs, sizes, tmp, log)
+    finally:
+        for proc in procs.values():
+            proc.close()
+    for w in RUNS:
+        n_y, n_x = shapes[w]
+        mib = n_y * n_x * SPECTRUM_BYTES / 2**20
+        bench = f"peers {w}: {TITLES[w]} {n_y}×{n_x}×119 ({mib:.0f} MiB)"
+        if w == "D":
+            bench += f", pyUSID max_mem_mb={sizes.d_mem_mb}"
+        rows += tool_rows(bench, results[w], [t for t in RUNS[w] if t in procs]) + target_rows(
+            bench, w, results[w]
+        )
+    fresh = Results()
+    ref = np.load(os.path.join(tmp, "A_serial.npy"))
+    for _ in range(sizes.fresh_repeats):
+        for tool in RUNS["A"]:
+            if sizes.fresh_tools is not None and tool not in sizes.fresh_tools:
+                continue
+            if procs[tool].error:
+                fresh.add(tool, {"error": procs[tool].error}, None)
+                continue
+            out = fresh_run(tool, files["A"], tmp)
+            fresh.add(tool, out, compare(out["out"], ref) if "out" in out else None)
+            log(f"  peers A fresh process {tool}: {out}")
+    bench = f"peers A fresh process, end to end: {sizes.a[0]}×{sizes.a[1]}"
+    rows += tool_rows(bench, fresh, RUNS["A"]) + target_rows(bench, "A fresh", fresh)
+    rows.append(Row("peers", "small job (1,024 positions, stored)", "see the startup benchmark",
+                    "≤ 15 ms over the serial loop; cores=2 never slower than cores=1", None,
+                    "measured by benchmarks/startup.py (`--only startup`)"))  # fmt: skip
+    return rows
+
+
+#: what the peers rows include (in docs/benchmarks.md, under "What each timing includes")
+TIMINGS = """- **peers** (issue 14): every tool in its own long-lived process (`python -m benchmarks.peer_tools
+  serve`), started one at a time (its pool or context start is the "session start-up" row), warmed with
+  an untimed call of each workload's function on a 4×4 file, then frozen (SIGSTOP of its process group;
+  distributed's `worker-ttl` disabled) except for its own timed calls, the repeats interleaved between
+  tools (the order rotated each repeat). A call's time is measured inside the tool's process around the
+  open + compute (+ store) call; per-call pools (pyUSID's) are inside it. Serial loop and `Pool(2)`
+  (spawned, a session pool) read 16 MiB row blocks with h5py; lazyusid: `map_spectra(open_usid(path), f,
+  cores=2)` (`vectorized=True` for C) into a fresh HDF5 file ("stored") or computed (`.values`, "lazy");
+  pyUSID 0.0.12: the seed's `PeakFinder` (`examples/pyusid_peak_finder.py`, cores=2) into its own copy of
+  the file, mapping the workload's function; LiberTEM: `Context.make_with("dask", cpus=2)`, its HDF5
+  reader with `sig_dims=1`, `ctx.map(f)` (a `process_tile` UDF for C); HyperSpy 2.5: a lazy
+  `ComplexSignal1D` of `open_usid(path).data`, `s.map(f)` (C: `abs(s).max(axis=-1)`); xarray:
+  `apply_ufunc(f, open_usid(path), dask="parallelized")` (`vectorize=True` per spectrum); the dask-based
+  ones on dask chunks of ≤ 16 MiB, ≥ 8 of them, on threads or on a 2-process LocalCluster (made the
+  default client). Ratios are lazyusid stored's speed-ups (the other's time over lazyusid's, per repeat).
+  Memory: peak PSS of the running tool's process tree, sampled every 50 ms. Results: each compared with
+  the serial loop's (exact at the tool's output precision, or rtol 1e-6). **Fresh process**: wall time of
+  `python -m benchmarks.peer_tools once TOOL A …` from launch until its result is written (interpreter,
+  imports, pool start, open, compute, write `.npy`, and the HDF5 store for the stored tools), with the
+  session processes closed.
+"""
