@@ -46,6 +46,8 @@ PACKAGES = (
     "pyUSID",
     "sidpy",
     "psutil",
+    "libertem",
+    "hyperspy",
 )
 
 
