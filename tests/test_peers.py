@@ -70,6 +70,21 @@ def test_a_tool_that_cannot_start_answers_with_its_error(tmp_path):
     assert "failed to start" in ready["error"] and "no-such-tool" in ready["error"]
 
 
+def test_a_failing_call_is_an_error_reply_and_the_tool_goes_on(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    path = be_file(cfg, (4, 4))
+    proc = peers.ToolProcess("serial", ["A"], path, str(tmp_path))
+    try:
+        assert "error" not in proc.reply(timeout_s=300)
+        missing = proc.call({"workload": "A", "path": str(tmp_path / "missing.h5"), "out": "x.npy"}, 300)
+        out = str(tmp_path / "a.npy")
+        done = proc.call({"workload": "A", "path": path, "out": out}, 300)
+    finally:
+        proc.close()
+    assert "missing.h5" in missing["error"]
+    assert done["seconds"] > 0 and np.load(out).shape == (16,)
+
+
 def test_quadratic_peak_is_the_vertex_of_a_parabola():
     x = np.arange(119.0)
     spectrum = (5.0 - 0.001 * (x - 60.3) ** 2).astype(np.complex64)
