@@ -15,6 +15,7 @@ pytest.importorskip("psutil")
 
 from benchmarks import peer_tools, peers
 from benchmarks.common import be_file, tiny_config
+from benchmarks.peer_process import ToolProcess
 
 #: the package each peer needs beyond lazyusid's own dependencies
 NEEDS = {
@@ -62,9 +63,7 @@ def test_results_rows_pass_and_every_target_has_a_row(rows):
 
 
 def test_a_tool_that_cannot_start_answers_with_its_error(tmp_path):
-    proc = peers.ToolProcess(
-        "no-such-tool", ["A"], be_file(tiny_config(str(tmp_path)), (4, 4)), str(tmp_path)
-    )
+    proc = ToolProcess("no-such-tool", ["A"], be_file(tiny_config(str(tmp_path)), (4, 4)), str(tmp_path))
     ready = proc.reply(timeout_s=300)
     proc.close()
     assert "failed to start" in ready["error"] and "no-such-tool" in ready["error"]
@@ -73,7 +72,7 @@ def test_a_tool_that_cannot_start_answers_with_its_error(tmp_path):
 def test_a_failing_call_is_an_error_reply_and_the_tool_goes_on(tmp_path):
     cfg = tiny_config(str(tmp_path))
     path = be_file(cfg, (4, 4))
-    proc = peers.ToolProcess("serial", ["A"], path, str(tmp_path))
+    proc = ToolProcess("serial", ["A"], path, str(tmp_path))
     try:
         assert "error" not in proc.reply(timeout_s=300)
         missing = proc.call({"workload": "A", "path": str(tmp_path / "missing.h5"), "out": "x.npy"}, 300)
