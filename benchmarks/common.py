@@ -191,12 +191,28 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - tic, out
 
 
-def tree_rss(proc: psutil.Process, parts: bool = False):
-    """Resident bytes of a process and all its descendants (with ``parts``: also the process's own)."""
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its live descendants (e.g. a session's workers)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for p in me.children(recursive=True):
+        try:
+            total += sum(p.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def tree_rss(proc: psutil.Process, parts: bool = False, pss: bool = False):
+    """Resident bytes of a process and all its descendants (with ``parts``: also the process's own).
+
+    With ``pss``: proportional set sizes instead (pages shared between the processes, e.g. forked ones,
+    counted once in the sum rather than once per process).
+    """
     total = own = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            rss = p.memory_info().rss
+            rss = p.memory_full_info().pss if pss else p.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         total += rss
@@ -206,11 +222,12 @@ def tree_rss(proc: psutil.Process, parts: bool = False):
 
 
 class TreeSampler:
-    """Sample the summed RSS of a process tree every ``interval_s`` in a thread; keep the peak."""
+    """Sample the summed RSS (or PSS: ``pss=True``) of a process tree every ``interval_s`` in a thread; keep the peak."""
 
-    def __init__(self, pid: int, interval_s: float = 0.01):
+    def __init__(self, pid: int, interval_s: float = 0.01, pss: bool = False):
         self.proc = psutil.Process(pid)
         self.interval_s = interval_s
+        self.pss = pss
         self.peak = 0
         self.peak_own = 0  # of the process itself
         self.peak_children = 0  # of its descendants together
@@ -221,7 +238,7 @@ class TreeSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                total, own = tree_rss(self.proc, parts=True)
+                total, own = tree_rss(self.proc, parts=True, pss=self.pss)
                 self.peak = max(self.peak, total)
                 self.peak_own = max(self.peak_own, own)
                 self.peak_children = max(self.peak_children, total - own)

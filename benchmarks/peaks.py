@@ -27,12 +27,23 @@ import time
 
 import h5py
 import numpy as np
-import psutil
 
 import lazyusid
 from lazyusid.tutorial import peak_amplitude
 
-from .common import MAIN, Config, Row, be_file, fmt_ratio, fmt_s, fresh_copy, median_spread, timed, warm
+from .common import (
+    MAIN,
+    Config,
+    Row,
+    be_file,
+    cpu_seconds,
+    fmt_ratio,
+    fmt_s,
+    fresh_copy,
+    median_spread,
+    timed,
+    warm,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,18 +84,6 @@ def warm_workers() -> None:
             for w in client.scheduler_info()["workers"]
         ]
     )
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its live descendants (the session's workers)."""
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for p in me.children(recursive=True):
-        try:
-            total += sum(p.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def lazy_run(path: str, override: bool = False, **kwargs) -> tuple[float, np.ndarray, int, float]:

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import psutil
 
-from . import checkpoint, cluster, derived, memory, peaks, throughput
+from . import checkpoint, cluster, derived, memory, peaks, peers, throughput
 from .common import Row, full_config, load_average, quick_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,7 @@ SUITES = {
     "checkpoint": checkpoint.run,
     "cluster": cluster.run,
     "derived": derived.run,
+    "peers": peers.run,
 }
 PACKAGES = (
     "lazyusid",
@@ -45,6 +46,8 @@ PACKAGES = (
     "pyUSID",
     "sidpy",
     "psutil",
+    "libertem",
+    "hyperspy",
 )
 
 
@@ -192,7 +195,7 @@ Ratios are measured side by side in this one run, repeats interleaved; times are
   the same derivation of `open_usid(src).data`, `reshape` to (positions, spectral), `rechunk` to the same
   block, `map_blocks(f)`, `da.store` into a dataset of lazyusid's shape, dtype and chunks in a fresh file.
   Opening the file is not timed for either.
-
+{peers.TIMINGS}
 {NOTES}
 Sizes in this mode: peak finder {cfg.peaks_shape[0]}×{cfg.peaks_shape[1]}, vectorised
 {cfg.vector_shape[0]}×{cfg.vector_shape[1]}, memory {cfg.memory_shape[0]}×{cfg.memory_shape[1]} with budget
