@@ -135,6 +135,7 @@ def prepare_map(
         cores=cores,
         client=client,
         in_process=in_process,
+        module=getattr(func, "__module__", None),
     )
     plan = plan_blocks(
         n_positions,

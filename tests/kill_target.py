@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--positions-per-block", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.cores > 1:  # up before the run, so that the run goes to it (not weighed against its start)
+        import lazyusid.run.schedulers
+
+        lazyusid.run.schedulers.shared_client(args.cores)
     result = run(args.source, args.target, cores=args.cores, positions_per_block=args.positions_per_block)
     print(f"done {result.attrs['usid_store']}", flush=True)
     return 0
