@@ -32,6 +32,7 @@ SUITES = {
     "checkpoint": checkpoint.run,
     "cluster": cluster.run,
     "derived": derived.run,
+    "startup": __import__(f"{__package__}.startup", fromlist=["run"]).run,
 }
 PACKAGES = (
     "lazyusid",

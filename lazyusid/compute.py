@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 
@@ -19,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .core.function import OutputsLike, SpectralFunction, infer_outputs
-from .core.plan import BlockPlan, BudgetLike, plan_blocks
+from .core.plan import BlockPlan, BudgetLike, CallTimer, plan_blocks
 from .graph import SpectralMap, flat_reader
 from .inputs import as_dataarray, position_index, read_spectrum, untouched_source
 from .io.rows import row_reader
@@ -107,11 +106,17 @@ def prepare_map(
 
     first = {d: 0 for d in loop_dims}
     sample = read_spectrum(data, loop_dims, first)
-    tic = time.perf_counter()
-    outs, single = infer_outputs(
-        func, sample[None] if vectorized else sample, params, outputs, vectorized, position=0, coords=first
-    )
-    seconds = time.perf_counter() - tic
+    with CallTimer() as timer:  # its time, less any wait for a CPU on a loaded machine
+        outs, single = infer_outputs(
+            func,
+            sample[None] if vectorized else sample,
+            params,
+            outputs,
+            vectorized,
+            position=0,
+            coords=first,
+        )
+    seconds = timer.seconds
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single)
 
     writes_to = os.path.abspath(writes_to) if writes_to is not None else None

@@ -122,6 +122,11 @@ def _import(modules) -> None:
             pass
 
 
+def measured_startup_seconds() -> float | None:
+    """The start-up (cluster and imports) of the last pool started in this session, or None before the first."""
+    return _measured[0] if _measured else None
+
+
 def startup_seconds() -> float:
     """The start-up of a pool: as measured last in this session, else :data:`STARTUP_SECONDS`."""
     return _measured[0] if _measured else STARTUP_SECONDS
