@@ -33,6 +33,7 @@ SUITES = {
     "cluster": cluster.run,
     "derived": derived.run,
     "peers": peers.run,
+    "startup": __import__(f"{__package__}.startup", fromlist=["run"]).run,
 }
 PACKAGES = (
     "lazyusid",

@@ -27,6 +27,7 @@ from .errors import (
     SpectralFunctionError,
     StoreBusyError,
     StoreConflictError,
+    UnguardedMainError,
     WorkerCrashedError,
 )
 from .io.open import open_usid
@@ -54,6 +55,7 @@ __all__ = [
     "SpectralFunctionError",
     "StoreBusyError",
     "StoreConflictError",
+    "UnguardedMainError",
     "WorkerCrashedError",
     "__version__",
     "accessor",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 
@@ -19,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from .core.function import SpectralFunction, infer_outputs
-from .core.plan import BlockPlan, plan_blocks
+from .core.plan import BlockPlan, CallTimer, plan_blocks
 from .errors import SpectralFunctionError
 from .graph import SpectralMap
 from .inputs import (
@@ -102,23 +101,23 @@ def prepare_map(
         first = position_index(data, loop_dims, int(at))
         sample = read_spectrum(data, loop_dims, first)
         kwargs = call_kwargs(func, params, varying, loop_dims, first, vectorized)
-        tic = time.perf_counter()
         try:
-            outs, single = infer_outputs(
-                func,
-                sample[None] if vectorized else sample,
-                kwargs,
-                outputs,
-                vectorized,
-                position=int(at),
-                coords=first,
-                input_units=data.attrs.get("units"),
-            )
+            with CallTimer() as timer:  # its time, less any wait for a CPU on a loaded machine
+                outs, single = infer_outputs(
+                    func,
+                    sample[None] if vectorized else sample,
+                    kwargs,
+                    outputs,
+                    vectorized,
+                    position=int(at),
+                    coords=first,
+                    input_units=data.attrs.get("units"),
+                )
             break
         except SpectralFunctionError:
             if on_error != "skip" or k == min(INFER_TRIES, len(candidates)) - 1:
                 raise
-    seconds = time.perf_counter() - tic
+    seconds = timer.seconds
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single, on_error=on_error)
 
     writes_to = os.path.abspath(writes_to) if writes_to is not None else None
@@ -137,6 +136,7 @@ def prepare_map(
         cores=cores,
         client=client,
         in_process=in_process,
+        module=getattr(func, "__module__", None),
     )
     plan = plan_blocks(
         n_positions,

@@ -95,3 +95,11 @@ class DiskFullError(LazyUSIDError, OSError):
 
     def __reduce__(self):
         return (type(self), (self.strerror,))
+
+
+class UnguardedMainError(LazyUSIDError, RuntimeError):
+    """Worker processes would be started from a script's top level, outside ``if __name__ == "__main__":``.
+
+    Raised before any worker process starts and before anything is written;
+    the message says how to fix it (the guard, ``cores=1``, or ``client=``).
+    """

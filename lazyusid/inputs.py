@@ -106,7 +106,7 @@ def position_index(data, loop_dims, position) -> dict:
 def read_spectrum(data: xr.DataArray, loop_dims, index: Mapping) -> np.ndarray:
     """Read one spectrum (only it) as a numpy array."""
     one = data.isel({d: index[d] for d in loop_dims}) if loop_dims else data
-    with dask.config.set(scheduler="sync"):
+    with dask.config.set(scheduler=dask.get):  # a name ("sync") makes dask import distributed
         return np.asarray(one.values)
 
 

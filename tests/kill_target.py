@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--positions-per-block", type=int, default=8)
     parser.add_argument("--skip", action="store_true", help="fragile() with on_error='skip'")
     args = parser.parse_args(argv)
+    if args.cores > 1:  # up before the run, so that the run goes to it (not weighed against its start)
+        import lazyusid.run.schedulers
+
+        lazyusid.run.schedulers.shared_client(args.cores)
     result = run(
         args.source,
         args.target,

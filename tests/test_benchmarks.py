@@ -194,3 +194,15 @@ def test_derived_inputs_stored_equal_da_store(cfg):
     for label in ("data * 1", "data.isel(X=slice(1, None))"):
         row = rows[f"`{label}` stored / da.store(map_blocks(f)) of the same blocks"]
         assert row.passed is not None and "stored values equal: True" in row.detail
+
+
+def test_startup_rows_are_measured(cfg):
+    from benchmarks import startup
+
+    rows = _rows(startup.run, cfg)
+    for measure in (
+        "small job stored: lazyusid − serial loop (ms)",
+        "cores=2 / cores=1 on the small job",
+        "fresh process end to end, peak finder, cores=2 / cores=1",
+    ):
+        assert rows[measure].passed is not None and rows[measure].value

@@ -648,6 +648,7 @@ def test_error_at_the_first_position_names_it(tmp_path):
 
 def test_error_names_the_position_on_worker_processes(scan, monkeypatch):
     monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     path, _ = scan
     spectral_map = prepare_map(
         lazyusid.open_usid(path), fails_at_marker, params={"threshold": 50.0}, cores=2, positions_per_block=32
@@ -748,6 +749,7 @@ def test_client_argument_evaluates_on_its_workers(scan, dask_client):
 
 def test_process_pool_gives_identical_results(scan, in_process, monkeypatch):
     monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     path, _ = scan
     arr = lazyusid.open_usid(path)
     spectral_map = prepare_map(arr, moments, outputs=["mean", "range"], cores=2, positions_per_block=7)
@@ -762,6 +764,7 @@ def test_process_pool_gives_identical_results(scan, in_process, monkeypatch):
 def test_slow_per_spectrum_function_goes_to_worker_processes(scan):
     path, data = scan
     arr = lazyusid.open_usid(path)
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     spectral_map = prepare_map(arr, slow_peak, cores=2)
     # at least 5 ms x 384 positions: estimated well over INLINE_SECONDS
     assert spectral_map.scheduler.kind == "processes"
@@ -818,6 +821,7 @@ def test_params_are_passed_through_unchanged(scan, monkeypatch, dask_client):
     result = lazyusid.map_spectra(arr, weighted, params=PARAMS, client=dask_client)
     np.testing.assert_allclose(dask_client.compute(result).result().values, expected, rtol=1e-5)
     monkeypatch.setattr(lazyusid.run.schedulers, "INLINE_SECONDS", 0.0)
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     spectral_map = prepare_map(arr, weighted, params=PARAMS, cores=2)
     assert spectral_map.scheduler.kind == "processes"
     np.testing.assert_allclose(spectral_map.result().values, expected, rtol=1e-5)

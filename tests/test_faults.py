@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import lazyusid
+import lazyusid.run.schedulers
 from lazyusid import Dimension
 
 
@@ -40,6 +41,7 @@ def test_function_that_kills_its_worker_names_the_block_and_keeps_what_finished(
         f[written.dataset][40, 0] = 1234.5  # position 40: Y=3, X=4
     data = lazyusid.open_usid(written.path)
     target = tmp_path / "r.h5"
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     plan = lazyusid.plan_spectra(data, exits_at_position_40, cores=2, positions_per_block=8)
     assert plan.scheduler == "2 worker processes"  # never in this process: it would take pytest down
     with pytest.raises(lazyusid.WorkerCrashedError, match=r"exits_at_position_40 crashed its worker") as info:
@@ -73,6 +75,7 @@ def slow_peak(spectrum, log):
 
 if __name__ == "__main__":
     path, target, log = sys.argv[1:4]
+    lazyusid.run.schedulers.shared_client(2)  # up before the run, so that the run goes to it
     result = lazyusid.map_spectra(
         lazyusid.open_usid(path), slow_peak, params={"log": log}, cores=2, store=target,
         positions_per_block=8, progress=False,

@@ -158,10 +158,20 @@ def test_plan_never_exceeds_budget_and_covers_every_position_once(
 
 
 @settings(max_examples=50, deadline=None)
-@given(n_positions=st.integers(1, 10_000), workers=st.integers(1, 8))
+@given(n_positions=st.integers(1, 10_000), workers=st.integers(2, 8))
 def test_default_plan_gives_every_worker_several_blocks(n_positions, workers):
     plan = plan_blocks(n_positions, 400, 8, budget="1GiB", workers=workers)
     assert plan.n_blocks >= min(n_positions, 2 * workers)
+
+
+def test_one_worker_gets_blocks_bounded_by_time_and_bytes_only():
+    # a short job in one thread: one block (every block costs a task and a write; nothing to balance)
+    assert plan_blocks(1024, 952, 8, budget="1GiB", workers=1, seconds_per_position=1e-5).n_blocks == 1
+    # a long one still checkpoints every MAX_BLOCK_SECONDS, and no block reads more than 16 MiB
+    slow = plan_blocks(1024, 952, 8, budget="1GiB", workers=1, seconds_per_position=0.01)
+    assert slow.positions_per_block == int(lazyusid.core.plan.MAX_BLOCK_SECONDS / 0.01)
+    big = plan_blocks(100_000, 2**10, 8, budget="8GiB", workers=1)
+    assert big.positions_per_block * 2**10 <= lazyusid.core.plan.MAX_BLOCK_INPUT_BYTES
 
 
 def test_budget_that_cannot_hold_one_position_is_refused_with_both_figures():

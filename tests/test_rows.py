@@ -211,6 +211,7 @@ def test_worker_processes_map_their_own_blocks(write_usid, tmp_path, chunks, map
     """Contiguous source: lazyusid's worker processes receive (file, offset), never the block itself."""
     written = _usid(write_usid, chunks=chunks)
     data = lazyusid.open_usid(written.path)
+    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     got = lazyusid.map_spectra(
         data,
         _read_from_the_file,

@@ -66,8 +66,12 @@ def run_blocks(
             if smap.scheduler.distributed:
                 _run_distributed(smap, tasks, by_key, finished)
             elif smap.scheduler.kind == "sync":  # one block after another, in the order of the positions
+                # a block that reads its own rows is a graph of three small nodes: nothing to optimise
+                optimize = smap.reader is None
                 for task in tasks:
-                    (result,) = dask.compute(task, scheduler="sync")
+                    (result,) = dask.compute(
+                        task, scheduler=dask.get, optimize_graph=optimize
+                    )  # a callable: a name makes dask import distributed
                     finished(task.key, result)
             else:
                 with BlockCallback(finished):

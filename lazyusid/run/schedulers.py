@@ -6,7 +6,11 @@ single-threaded workers (started once, reused), or the user's
 ``Client`` (``client=``, or the default client when one is active, e.g.
 dask-jobqueue's). Vectorised NumPy functions release the GIL and run on
 threads, or on the user's client. Jobs estimated to take less than
-:data:`INLINE_SECONDS` run in this thread. The choice is a value
+:data:`INLINE_SECONDS` run in this thread, and so do jobs that worker
+processes would not finish sooner once their start is counted (the
+start-up measured in this session, :func:`lazyusid.run.pool.startup_seconds`;
+nothing once the pool is up). Choosing worker processes starts them, in the
+background (:mod:`lazyusid.run.pool`). The choice is a value
 (:class:`Scheduler`) made before anything runs, shown with the plan, and
 it is what runs (docs/design.md, decision 4).
 """
@@ -14,8 +18,8 @@ it is what runs (docs/design.md, decision 4).
 from __future__ import annotations
 
 import atexit
-import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -24,11 +28,14 @@ from dataclasses import dataclass
 import dask
 
 from ..core.plan import parse_cores
+from . import pool
+from .pool import shared_client
 
 #: per-spectrum jobs whose estimated run time is below this run in this thread
 INLINE_SECONDS = 1.0
 
 _lock = threading.Lock()
+#: clients of the users' schedulers lazyusid connected to, by address
 _pool: dict = {}
 #: the users' clients given to choose_scheduler, by scheduler address
 _user_clients: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -97,8 +104,9 @@ def choose_scheduler(
     cores: int | None,
     client=None,
     in_process: str | None = None,
+    module: str | None = None,
 ) -> Scheduler:
-    """Pick where the blocks run (see the module's description).
+    """Pick where the blocks run (see the module's description); start lazyusid's worker processes if they will.
 
     Parameters
     ----------
@@ -111,6 +119,14 @@ def choose_scheduler(
         The user's cluster; default: the active default client, if any.
     in_process : str, optional
         Why the blocks must run in this process (e.g. they read a file this process writes), or None.
+    module : str, optional
+        The function's module: lazyusid's workers import it while they start.
+
+    Raises
+    ------
+    lazyusid.UnguardedMainError
+        When worker processes would be started from a script's top level
+        outside ``if __name__ == "__main__":`` (before any process starts).
     """
     cores = parse_cores(cores)
     if client is None:
@@ -142,14 +158,23 @@ def choose_scheduler(
         return Scheduler("sync", 1, "this thread (cores=1)")
     if estimated_seconds < INLINE_SECONDS:
         return Scheduler("sync", 1, f"this thread (small job: ~{estimated_seconds:.2g} s estimated)")
+    pending = pool.pending_seconds(n)
+    if estimated_seconds * (1 - 1 / n) <= pending:  # n workers would not finish before this thread does
+        return Scheduler(
+            "sync",
+            1,
+            f"this thread (~{estimated_seconds:.2g} s estimated: {n} worker processes would save less than "
+            f"their ~{pending:.2g} s start)",
+        )
+    pool.start_pool(n, module)  # in the background: the caller plans and prepares meanwhile
     return Scheduler("processes", n, f"{n} worker processes")
 
 
 def _default_client():
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
+    if "distributed" not in sys.modules:  # nobody started a client: no need to import distributed (~0.3 s)
         return None
+    from distributed import default_client
+
     try:
         client = default_client()
     except ValueError:
@@ -181,48 +206,10 @@ def client_at(address: str):
         return client
 
 
-def shared_client(cores: int):
-    """The session's client of ``cores`` single-threaded worker processes, started on first use."""
-    from distributed import Client, LocalCluster
-
-    with _lock:
-        client = _pool.get(cores)
-        if client is None or client.status != "running":
-            try:
-                # a worker that dies in the function is retried twice, not three times (each death restarts
-                # a process); the workers' statistical profiler (a thread sampling every 10 ms) is off:
-                # lazyusid's own workers run one function at a time, and nobody reads their profiles
-                settings = {
-                    "distributed.scheduler.allowed-failures": 2,
-                    "distributed.worker.profile.enabled": False,
-                }
-                with dask.config.set(settings):
-                    cluster = LocalCluster(
-                        n_workers=cores,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=":0",  # a free port: None still binds 8787 and warns
-                        silence_logs=logging.CRITICAL,
-                    )
-            except RuntimeError as exc:
-                raise RuntimeError(
-                    f"could not start {cores} worker processes ({exc}). In a script, put the code that "
-                    'computes under `if __name__ == "__main__":` (worker processes import the script), '
-                    "or pass cores=1 to run in-process."
-                ) from exc
-            client = Client(cluster, set_as_default=False)
-            _pool[cores] = client
-        return client
-
-
 def forget(scheduler: Scheduler) -> None:
     """Drop lazyusid's pool of ``scheduler`` after an interruption killed its workers (closed in the background)."""
-    if scheduler.kind != "processes":
-        return
-    with _lock:
-        client = _pool.pop(scheduler.workers, None)
-    if client is not None:
-        threading.Thread(target=_close, args=(client,), daemon=True, name="lazyusid-close-pool").start()
+    if scheduler.kind == "processes":
+        pool.forget(scheduler.workers)
 
 
 def _close(client) -> None:
@@ -238,6 +225,7 @@ def _close(client) -> None:
 @atexit.register
 def shutdown() -> None:
     """Close the worker processes lazyusid started (also called at exit)."""
+    pool.shutdown()
     with _lock:
         clients = list(_pool.values())
         _pool.clear()

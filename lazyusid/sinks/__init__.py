@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -32,7 +33,9 @@ from .base import FAILED, ResultShape, Sink
 from .hdf5 import HDF5Sink
 from .hdf5_file import opened
 from .lineage import input_identity, input_records, inputs_identity
-from .zarr import ZarrSink
+
+if TYPE_CHECKING:
+    from .zarr import ZarrSink
 
 __all__ = [
     "HDF5Sink",
@@ -45,6 +48,14 @@ __all__ = [
     "store_map",
     "target_file",
 ]
+
+
+def __getattr__(name: str):
+    if name == "ZarrSink":  # zarr is imported for zarr targets only (~0.2-0.3 s)
+        from .zarr import ZarrSink
+
+        return ZarrSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_zarr_target(path: str) -> bool:
@@ -271,6 +282,8 @@ def _open_sink(store, group, *, tool, shape, data):
     if is_zarr_target(path):
         if group is not None:
             raise ValueError(f"group= is for HDF5 targets; {path} is a zarr store")
+        from .zarr import ZarrSink
+
         return ZarrSink(path, tool=tool, shape=shape, source_file=source_file, source_dataset=source_dataset)
     in_file = source_file is not None and os.path.abspath(source_file) == path
     if group is None:

@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 import h5py
 
 from ..errors import DiskFullError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
+from ..run.pool import wait_for_starting
 from ..usid.files import raise_if_locked
 
 #: suffix of a new target file while it is built, before it is linked into place
@@ -122,7 +123,12 @@ def opened(path: str, mode: str, *, unbuffered: bool = False):
     disk) must not hide the error that stopped the work.
     """
     try:
-        f = unbuffered_file(path) if unbuffered else h5py.File(path, mode)
+        try:
+            f = unbuffered_file(path) if unbuffered else h5py.File(path, mode)
+        except OSError:
+            if not wait_for_starting():  # a worker being spawned held a copy of a handle, and its lock
+                raise
+            f = unbuffered_file(path) if unbuffered else h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
         raise_if_locked(

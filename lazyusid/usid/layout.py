@@ -29,6 +29,8 @@ FLAT_POSITION = "Position"
 #: dimension groups already analysed: (file, ancillary addresses, ...) -> (file fingerprint, DimGroup)
 _memo: OrderedDict[tuple, tuple] = OrderedDict()
 _MEMO_SIZE = 8
+#: layouts of main datasets already validated: (file, dataset address, shape) -> (file fingerprint, Layout)
+_layouts: OrderedDict[tuple, tuple] = OrderedDict()
 _memo_lock = threading.Lock()
 #: keys read within the current :func:`remembering_layouts` block
 _pinned: ContextVar[set | None] = ContextVar("lazyusid_pinned_layouts", default=None)
@@ -143,18 +145,66 @@ def validate_main(dset: h5py.Dataset) -> None:
 def read_layout(dset: h5py.Dataset) -> Layout:
     """Validate a main dataset and describe its dimensions.
 
+    A layout read from a file opened read-only (or inside
+    :func:`remembering_layouts`) is reused while the file is unchanged, as
+    the analysis of its ancillary datasets is: opening, planning and storing
+    one computation validate the source several times.
+
     Raises
     ------
     InvalidUSIDError
         Naming the dataset and the first missing or inconsistent piece.
     """
-    where = f"{dset.name!r} in {dset.file.filename!r}"
-
-    def fail(msg: str) -> InvalidUSIDError:
-        return InvalidUSIDError(f"{where} is not a USID main dataset: {msg}")
-
     if not isinstance(dset, h5py.Dataset):
+        where = f"{dset.name!r} in {dset.file.filename!r}"
         raise InvalidUSIDError(f"{where} is a {type(dset).__name__}, not a dataset")
+    f = dset.file
+    if dset.ndim != 2 or "Position_Indices" not in dset.attrs:  # not a main dataset: says why, quickly
+        return _read_layout(dset, f)
+    key, state = _layout_key(dset, f)
+    pinned = _pinned.get()
+    trusted = key is not None and (pinned is not None or f.mode == "r")
+    if trusted:
+        with _memo_lock:
+            seen = _layouts.get(key)
+        if seen is not None and (seen[0] == state or (pinned is not None and key in pinned)):
+            return seen[1]
+    layout = _read_layout(dset, f)
+    if trusted:
+        _remember(_layouts, key, state, layout)
+        if pinned is not None:
+            pinned.add(key)
+    return layout
+
+
+def _layout_key(dset: h5py.Dataset, f: h5py.File) -> tuple[tuple | None, tuple | None]:
+    """(memo key, file state) of a main dataset in a file on disk; (None, None) otherwise."""
+    try:
+        path = f.filename
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):  # in memory or file-like: no memo
+        return None, None
+    addr = h5py.h5o.get_info(dset.id).addr
+    return (os.path.realpath(path), addr, dset.name, dset.shape), (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+
+
+def _remember(memo: OrderedDict, key: tuple, state: tuple, value) -> None:
+    with _memo_lock:
+        memo[key] = (state, value)
+        memo.move_to_end(key)
+        while len(memo) > _MEMO_SIZE:
+            memo.popitem(last=False)
+
+
+def _read_layout(dset: h5py.Dataset, f: h5py.File) -> Layout:
+    def fail(msg: str) -> InvalidUSIDError:
+        return InvalidUSIDError(f"{dset.name!r} in {f.filename!r} is not a USID main dataset: {msg}")
+
     if dset.ndim != 2:
         raise fail(f"it must be 2-D (positions, spectroscopic points) but has shape {dset.shape}")
     for key in ("quantity", "units"):
@@ -172,7 +222,7 @@ def read_layout(dset: h5py.Dataset) -> Layout:
         if not ref:
             raise fail(f"attribute {key!r} is a null reference")
         try:
-            target = dset.file[ref]
+            target = f[ref]
         except (KeyError, ValueError) as exc:
             raise fail(f"attribute {key!r} refers to nothing that exists ({exc})") from None
         if not isinstance(target, h5py.Dataset):
