@@ -94,12 +94,19 @@ def prepare_map(
 
     if mask is not None and not mask.any():
         raise ValueError("roi selects no position: there is nothing to compute")
+    writes_to = os.path.abspath(writes_to) if writes_to is not None else None
+    reader = direct_reader(data, len(core_dims), writes_to=writes_to) if source else None
     # the outputs are inferred at the first position (of the ROI); with on_error="skip", at the first
     # of the next few where the function does not raise
     candidates = range(n_positions) if mask is None else np.flatnonzero(mask)
     for k, at in enumerate(candidates[: INFER_TRIES if on_error == "skip" else 1]):
         first = position_index(data, loop_dims, int(at))
-        sample = read_spectrum(data, loop_dims, first)
+        # one spectrum: through the rows the block tasks will read, else through the input's graph
+        sample = (
+            reader.read(int(at), int(at) + 1)[0]
+            if reader is not None
+            else read_spectrum(data, loop_dims, first)
+        )
         kwargs = call_kwargs(func, params, varying, loop_dims, first, vectorized)
         try:
             with CallTimer() as timer:  # its time, less any wait for a CPU on a loaded machine
@@ -120,8 +127,6 @@ def prepare_map(
     seconds = timer.seconds
     function = SpectralFunction(func, params, outs, vectorized=vectorized, single=single, on_error=on_error)
 
-    writes_to = os.path.abspath(writes_to) if writes_to is not None else None
-    reader = direct_reader(data, len(core_dims), writes_to=writes_to) if source else None
     readers = input_readers(raw_params, varying, loop_dims, writes_to)
     in_process = None
     if writes_to is not None and writes_to == _abspath(data.attrs.get("usid_file")):

@@ -32,6 +32,7 @@ def _rows(run, cfg):
     return {r.measure: r for r in rows}
 
 
+@pytest.mark.long
 def test_peak_finder_matches_pyusid_and_serial(cfg):
     rows = _rows(peaks.run, cfg)
     assert rows["results identical to pyUSID"].passed
@@ -46,6 +47,7 @@ def test_vectorised_results_equal_numpy(cfg):
     assert "lazyusid throughput / plain h5py row-block read" in rows
 
 
+@pytest.mark.long
 def test_memory_is_sampled_over_the_process_tree(cfg):
     rows = list(_rows(memory.run, cfg).values())
     assert len(rows) == 3  # threads; worker processes on a contiguous source; on a chunked one
@@ -162,6 +164,7 @@ def test_loopback_counter_sees_bytes_sent_between_local_sockets():
     assert moved >= len(payload)
 
 
+@pytest.mark.long
 def test_command_line_cluster_has_two_single_threaded_workers_and_stops_them(tmp_path):
     with cluster.CommandLineCluster(str(tmp_path / "cluster")) as c:
         procs = list(c.procs)
@@ -180,6 +183,7 @@ def test_command_line_cluster_has_two_single_threaded_workers_and_stops_them(tmp
     )
 
 
+@pytest.mark.long
 def test_user_cluster_stored_run_is_right_and_measured(cfg):
     rows = _rows(cluster.run, cfg)
     assert rows["results equal (both runs; a serial loop on sampled positions)"].passed
@@ -196,6 +200,7 @@ def test_derived_inputs_stored_equal_da_store(cfg):
         assert row.passed is not None and "stored values equal: True" in row.detail
 
 
+@pytest.mark.long
 def test_startup_rows_are_measured(cfg):
     from benchmarks import startup
 

@@ -77,6 +77,7 @@ def slurm(tmp_path):
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_the_documented_slurm_batch_script_computes_and_a_resubmission_says_already_computed(slurm, tmp_path):
     script, module = documented_batch_job()
     job = tmp_path / "job"

@@ -135,6 +135,7 @@ def test_stored_run_on_command_line_cluster_matches_numpy(cli_cluster, input_fil
 
 
 @pytest.mark.cluster
+@pytest.mark.long
 def test_stored_run_does_not_relay_input(cli_cluster, input_file, tmp_path):
     client = cli_cluster.client
     data = lazyusid.open_usid(input_file.path)
@@ -188,6 +189,7 @@ class Interrupter(threading.Thread):
 
 
 @pytest.mark.cluster
+@pytest.mark.long
 def test_stored_run_survives_sigkill_of_a_worker(cli_cluster, input_file, tmp_path):
     client = cli_cluster.client
     victim = cli_cluster.processes.started["worker-0"]
@@ -227,6 +229,7 @@ def slurm_node(tmp_path_factory):
 
 
 @pytest.mark.slurm
+@pytest.mark.long
 def test_slurm_cluster_survives_scancel_of_a_worker_job(slurm_node, input_file, tmp_path):
     from dask_jobqueue import SLURMCluster
     from distributed import Client

@@ -466,6 +466,7 @@ def _run_memory_script(arg: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc for VmHWM")
+@pytest.mark.long
 def test_a_1_gib_file_is_written_with_bounded_memory(tmp_path):
     path = tmp_path / "big.h5"
     baseline = _run_memory_script("-")

@@ -196,6 +196,7 @@ def test_dimension_juggling_loops_over_positions_and_dc_bias(tmp_path):
     assert np.array_equal(np.sign(loop[switched]), np.sign(truth.polarisation()[switched]))
 
 
+@pytest.mark.long
 def test_cluster_example_computes_on_a_local_cluster(tmp_path):
     out = run_example("cluster.py", tmp_path, "--workers", "2")
     assert_pngs(tmp_path, "cluster_peak_amplitude.png")

@@ -118,7 +118,9 @@ def _interrupted_run(written, tmp_path, sig, *, group: bool):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c-to-group", "sigterm"]
+    "sig, group",
+    [(signal.SIGINT, True), pytest.param(signal.SIGTERM, False, marks=pytest.mark.long)],
+    ids=["ctrl-c-to-group", "sigterm"],
 )
 def test_interrupt_checkpoints_says_so_once_and_stops(write_usid, tmp_path, sig, group):
     written = _scan(write_usid, ny=12, nx=12)

@@ -28,7 +28,7 @@ from lazyusid.core.function import MAX_ERRORS
 from lazyusid.sinks.base import ERRORS, FAILED, MARKERS
 
 SLEEP_MS = 2.5
-TRIALS = 5
+TRIALS = 3
 
 
 def _reference(src) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,9 @@ from benchmarks import peer_tools, peers
 from benchmarks.common import be_file, tiny_config
 from benchmarks.peer_process import ToolProcess
 
+#: every tool in its own process, 4 workloads: ~1 minute; in the second test command (pytest -m long)
+pytestmark = pytest.mark.long
+
 #: the package each peer needs beyond lazyusid's own dependencies
 NEEDS = {
     "pyusid": "pyUSID",

@@ -14,11 +14,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-import h5py
 import numpy as np
 import xarray as xr
 
 from ..inputs import untouched_source
+from ..usid.files import open_file
 from ..usid.layout import read_layout
 from .rows import RowReader, row_reader
 
@@ -66,7 +66,7 @@ def direct_reader(data: xr.DataArray, n_core_dims: int, *, writes_to: str | None
     if source is None:
         return None
     path, dataset = source
-    with h5py.File(path, "r") as f:
+    with open_file(path) as f:  # a file another process holds for writing: StoreBusyError, naming it
         dset = f[dataset]
         order = data.encoding.get("usid_file_order")
         if order is None:  # open_usid: positions slowest first, then spectroscopic dims slowest first
