@@ -96,6 +96,10 @@ def test_worker_pool_starts_in_the_background_once_and_the_measured_start_up_dec
         client = big.client()  # waits for the start
         out["measured"] = pool.measured_startup_seconds()
         out["preloaded"] = list(client.run(lambda: "lazyusid.tutorial" in sys.modules).values())
+        import dask
+        keys = list(pool.WORKER_SETTINGS)
+        out["worker_settings"] = list(client.run(lambda: [dask.config.get(k) for k in keys]).values())
+        out["expected_settings"] = [pool.WORKER_SETTINGS[k] for k in keys]
         again = choose(1.5)  # the pool is up: nothing left to start, so worth it
         out["again"], out["same"] = again.kind, again.client() is client
         lazyusid.shutdown()
@@ -114,6 +118,8 @@ def test_worker_pool_starts_in_the_background_once_and_the_measured_start_up_dec
     assert out["starting"]  # choose_scheduler returned while the pool was still starting
     assert out["measured"] > 0
     assert out["preloaded"] == [True, True]  # the workers imported the function's module as they started
+    # the own workers run with a quieter event loop (no profiler, slow admin ticks): less CPU beside the task
+    assert out["worker_settings"] == [out["expected_settings"]] * 2
     assert out["again"] == "processes" and out["same"]  # started once, reused
     assert out["after"] == "sync" and out["after_big"] == "processes"
 

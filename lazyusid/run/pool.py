@@ -24,6 +24,21 @@ from .mainguard import refuse_unguarded_main
 
 #: seconds the start of worker processes (cluster and imports) is assumed to take before it was measured
 STARTUP_SECONDS = 2.0
+#: distributed's settings for lazyusid's own workers. A worker that dies in the function is retried
+#: twice, not three times (each death restarts a process). The workers run one function at a time and
+#: nobody reads their profiles or dashboards, so what wakes their event loop beside the task is slowed
+#: down: the statistical profiler (a thread sampling every 10 ms) is off, the event-loop tick (20 ms),
+#: the memory monitor (100 ms) and the system monitor (500 ms) run every second or five. Measured on
+#: the peak finder, 48x48 on 2 workers, 4 interleaved pairs (/tmp script, issue 14 note): process-tree
+#: CPU over the serial loop's +36 % (median; +23 to +58 %) with distributed's defaults, +20 % (+10 to
+#: +68 %) with these; idle CPU 0.075 -> 0.015 CPU-s per second.
+WORKER_SETTINGS = {
+    "distributed.scheduler.allowed-failures": 2,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
 #: modules every block task needs in a worker (imported with the pool, not by the first task)
 TASK_MODULES = ("lazyusid.graph",)
 
@@ -50,14 +65,7 @@ class Pool:
         from distributed import Client, LocalCluster
 
         try:
-            # a worker that dies in the function is retried twice, not three times (each death restarts
-            # a process); the workers' statistical profiler (a thread sampling every 10 ms) is off:
-            # lazyusid's own workers run one function at a time, and nobody reads their profiles
-            settings = {
-                "distributed.scheduler.allowed-failures": 2,
-                "distributed.worker.profile.enabled": False,
-            }
-            with dask.config.set(settings):
+            with dask.config.set(WORKER_SETTINGS):
                 cluster = LocalCluster(
                     n_workers=self.cores,
                     threads_per_worker=1,
