@@ -14,7 +14,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 from . import accessor, datasets, plots
 from .compute import apply_at, map_spectra, plan_spectra
-from .core.function import SAME_UNITS, Output
+from .core.outputs import SAME_UNITS, Output
 from .core.plan import BlockPlan, parse_budget
 from .errors import (
     BudgetError,

@@ -106,7 +106,7 @@ def run_info(args) -> int:
 def run_demo(args) -> int:
 
     from .compute import apply_at, map_spectra
-    from .core.function import SAME_UNITS
+    from .core.outputs import SAME_UNITS
     from .datasets import make_be_pfm
     from .io.open import open_usid
     from .tutorial import PEAK_WIDTHS, peak_amplitude

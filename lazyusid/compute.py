@@ -17,7 +17,8 @@ from dataclasses import replace
 import numpy as np
 import xarray as xr
 
-from .core.function import SpectralFunction, infer_outputs
+from .core.function import SpectralFunction
+from .core.outputs import infer_outputs
 from .core.plan import BlockPlan, CallTimer, plan_blocks
 from .errors import SpectralFunctionError
 from .graph import SpectralMap

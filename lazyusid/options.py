@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from .core.function import OutputsLike
+from .core.outputs import OutputsLike
 from .core.plan import BudgetLike
 
 if TYPE_CHECKING:  # annotations only: distributed is imported when a cluster is used

@@ -28,7 +28,7 @@ import h5py
 import xarray as xr
 
 from .compute import apply_at, map_spectra, prepare_map
-from .core.function import OutputsLike
+from .core.outputs import OutputsLike
 from .inputs import as_dataarray, untouched_source
 from .io.open import open_usid
 from .sinks import order_for_store, prepare_store, target_file

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import lazyusid
-from lazyusid.core.function import Output, SpectralFunction, infer_outputs
+from lazyusid.core.function import SpectralFunction
+from lazyusid.core.outputs import Output, infer_outputs
 from lazyusid.errors import OutputDtypeError
 
 SPECTRUM = np.linspace(1.0, 2.0, 7)

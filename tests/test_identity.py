@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lazyusid
-from lazyusid.core.function import Output, SpectralFunction
+from lazyusid.core.function import SpectralFunction
 from lazyusid.core.identity import (
     UnhashableParameterError,
     computation_token,
@@ -27,6 +27,7 @@ from lazyusid.core.identity import (
     readable,
     to_json,
 )
+from lazyusid.core.outputs import Output
 from lazyusid.io.fingerprint import content_fingerprint, sampled_rows
 
 # ---------------------------------------------------------------------------
@@ -225,7 +226,8 @@ REPORT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import idmod
-from lazyusid.core.function import Output, SpectralFunction
+from lazyusid.core.function import SpectralFunction
+from lazyusid.core.outputs import Output
 from lazyusid.core.identity import computation_token, digest, function_identity
 
 fn = SpectralFunction(idmod.fit, {"k": 2, "band": idmod.VALUES[11]}, (Output("amp", (), "f4"),))

@@ -283,7 +283,7 @@ def test_a_zarr_region_never_writes_into_a_deleted_store(scan, tmp_path):
 
 
 def _shape(stored):
-    from lazyusid.core.function import Output
+    from lazyusid.core.outputs import Output
     from lazyusid.sinks.base import ResultShape
 
     out = Output("amplitude", (), np.dtype("f4"))

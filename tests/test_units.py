@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 import lazyusid
-from lazyusid.core.function import DEFAULT_UNITS, SAME_UNITS, Output, infer_outputs
+from lazyusid.core.outputs import DEFAULT_UNITS, SAME_UNITS, Output, infer_outputs
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ..core.function import FAILED as FAILED  # the sinks store it beside MARKERS
-from ..core.function import Output
+from ..core.outputs import Output
 
 #: name of the per-row checkpoint flags, as pyUSID names them
 MARKERS = "completed_positions"

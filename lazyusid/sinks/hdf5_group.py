@@ -18,8 +18,8 @@ import os
 import h5py
 import numpy as np
 
-from ..core.function import Output
 from ..core.identity import to_json
+from ..core.outputs import Output
 from ..errors import StoreConflictError
 from ..usid.dimension import Dimension
 from ..usid.files import unplain_storage

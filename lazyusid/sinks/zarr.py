@@ -28,8 +28,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..core.function import MAX_ERRORS, Output
+from ..core.function import MAX_ERRORS
 from ..core.identity import to_json
+from ..core.outputs import Output
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..usid.write import bookkeeping_attrs
 from .base import ERRORS, FAILED, MARKERS, Found, ResultShape, Sink, boxes, check_result_names, merge_errors
