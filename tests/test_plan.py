@@ -252,3 +252,14 @@ def test_map_spectra_refuses_a_budget_that_cannot_hold_one_position():
         lazyusid.map_spectra(data, peak, budget="16B")
     with pytest.raises(ValueError, match="cannot read memory budget 'tiny'"):
         lazyusid.map_spectra(data, peak, budget="tiny")
+
+
+def test_a_fast_functions_estimate_does_not_cut_blocks_into_pieces():
+    # one call of a ~20 us function measures 30-200 us (first touches of its memory and code): capping
+    # blocks at MAX_BLOCK_SECONDS by that estimate gave 100 blocks of ~650 positions, each ~5 ms of task
+    # cost for ~11 ms of work; below SLOW_SPECTRUM_SECONDS blocks are bounded by balance and bytes only
+    fast = plan_blocks(262_144, 952, 8, budget="8GiB", workers=2, seconds_per_position=2e-4)
+    balanced = plan_blocks(262_144, 952, 8, budget="8GiB", workers=2)
+    assert fast.positions_per_block == balanced.positions_per_block
+    slow = plan_blocks(262_144, 952, 8, budget="8GiB", workers=2, seconds_per_position=1.5e-3)
+    assert slow.positions_per_block == int(lazyusid.core.plan.MAX_BLOCK_SECONDS / 1.5e-3)

@@ -8,6 +8,7 @@ names the position and the declaration that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -113,12 +114,15 @@ def infer_outputs(
     position: int = 0,
     coords: Mapping | None = None,
     input_units: str | None = None,
+    timer=None,
 ):
     """Run ``func`` on a real sample and describe its outputs.
 
     ``sample`` is one spectrum (per-spectrum) or a block of a few spectra
     (vectorised), taken at flat ``position`` (N-D indices ``coords``), which
-    a failure names. Returns ``(outputs, single)``.
+    a failure names; ``timer`` (a context manager, e.g.
+    :class:`~lazyusid.core.plan.CallTimer`) times the call of ``func`` alone.
+    Returns ``(outputs, single)``.
 
     An output declared with ``units="same"`` (:data:`SAME_UNITS`) gets
     ``input_units``, the units of the data (``data.attrs["units"]``, as
@@ -132,7 +136,8 @@ def infer_outputs(
     coords = dict(coords or {})
     where = f"position {position}" + coords_text(coords)
     try:
-        result = func(sample, **params)
+        with timer if timer is not None else contextlib.nullcontext():
+            result = func(sample, **params)
     except Exception as exc:
         raise SpectralFunctionError(
             f"{name} failed at {where} while lazyusid inferred its outputs, with params "

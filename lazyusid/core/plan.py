@@ -33,6 +33,10 @@ MAX_BLOCK_INPUT_BYTES = 16 * 2**20
 #: spectrum): 8 blocks of ~1.5 s for the seed peak finder on 2 workers ran at 0.91-0.96x of Pool(2),
 #: the last blocks of one worker waiting alone (benchmarks/peaks.py); a task costs ~1 ms
 MAX_BLOCK_SECONDS = 0.5
+#: ... for functions estimated at least this slow per spectrum. One call of a fast function measures
+#: its first touches of memory and code too (a ~20 us fit measured 30-200 us), and blocks cut by that
+#: estimate cost more in tasks (~5 ms each on lazyusid's workers) than they compute (peers benchmark B)
+SLOW_SPECTRUM_SECONDS = 1e-3
 
 
 class CallTimer:
@@ -239,7 +243,8 @@ def plan_blocks(
         Force a block size (still checked against the budget).
     seconds_per_position : float
         Estimated time of one call (per-spectrum functions): default blocks
-        then last at most ``MAX_BLOCK_SECONDS``.
+        of a function estimated at ``SLOW_SPECTRUM_SECONDS`` or more then last
+        at most ``MAX_BLOCK_SECONDS``.
     workers : int
         Parallel workers; blocks are kept small enough that each gets several
         (with one worker, only the time and bytes limits below apply).
@@ -275,9 +280,7 @@ def plan_blocks(
         # are bounded by time and bytes below), and every block costs a task and a write
         balanced = math.ceil(n_positions / (BLOCKS_PER_WORKER * workers)) if workers > 1 else n_positions
         largest = MAX_BLOCK_INPUT_BYTES // max(1, input_bytes_per_position)
-        if (
-            seconds_per_position > 0
-        ):  # short blocks: workers finish together, progress and checkpoints stay fine
+        if seconds_per_position >= SLOW_SPECTRUM_SECONDS:  # short blocks: workers finish together
             largest = min(largest, max(1, int(MAX_BLOCK_SECONDS / seconds_per_position)))
         positions_per_block = max(1, min(fits, balanced, largest))
     elif positions_per_block > fits:
