@@ -99,33 +99,28 @@ def text_table(rows: list[Row]) -> str:
 
 
 #: what profiling found behind the misses and what changed (py-spy, pyinstrument; see the issue-6 notes)
-NOTES = """## What limits the misses, and what was fixed (profiled 2026-11-25 on this machine)
+NOTES = """## What limits the misses (profiled 2026-12-01 on this machine; details in the session notes)
 
-- **1, ≥ 1.15× pyUSID — not reachable on 2 cores.** pyUSID's `Process` (joblib pool, 2 cores) runs
-  at 99–101% of a plain `multiprocessing.Pool(2)` splitting the in-memory array (the machine-ceiling
-  row; the function alone costs ~1.5 ms per spectrum and takes ≥ 95% of every contender's CPU;
-  garbage collection settings change nothing). 1.15× faster than pyUSID would be ~13% faster than
-  two bare processes running the same function, which a CPU-bound function on 2 cores does not allow.
-  lazyusid runs at 0.96–0.99× of that ceiling in session. The **fresh-process** row also pays for
-  its worker processes importing lazyusid and scipy.signal on their first task (~1.4 s,
-  `python -X importtime`) and the LocalCluster start (~0.4–0.6 s on a quiet machine); pyUSID pays
-  `import pyUSID` (~2.3 s).
-- **2, ≥ 70% of h5py's read — met.** Three causes found and fixed: (a) 32 MiB blocks were slower
-  than 16 MiB (glibc serves requests of 32 MiB and more with fresh pages every time; 16 MiB blocks
-  stay in cache): 0.52 → 0.33 s by hand; `plan.MAX_BLOCK_INPUT_BYTES` is now 16 MiB. (b) The sink
-  analysed the source's 2.4 M position indices twice per call (~0.12 s each): a layout is now
-  analysed once per unchanged file (`layout.remembering_layouts`). (c) One thread copying every block
-  (`read_direct`, serial under HDF5's lock) while the other computes: contiguous datasets are now
-  mapped from the file instead (`open.MappedRows`, copy-on-write, checked against h5py), so each
-  thread reads its own pages: lazyusid then computes and stores in ~1.2× the time h5py takes only to
-  read. The baseline is the fastest `read_direct` of 16/32/64 MiB blocks (64 MiB alone, as before,
-  was ~25% slower and flattered lazyusid).
-- **3, memory — met.** With 2 worker processes the client used to hold ~10 block-sized copies
-  (blocks, pickled tasks, the in-process scheduler's copies): 475 MiB over baseline. Worker processes
-  now map their own blocks of a contiguous source (the client sends file, offset and rows), and
-  blocks of other sources are scattered straight to a worker. The chunked-source row still grows
-  ~1.6× the plan's projection: glibc keeps freed blocks in per-thread arenas (the same run with
-  `MALLOC_ARENA_MAX=1`: +55 MiB instead of +137 MiB in the client).
+- **1 and peers A, the peak finder in session.** A CPU-bound ~1.5 ms function on 2 cores: `Pool(2)`
+  is the ceiling (1.9× serial); lazyusid runs at 0.93–0.98× of it depending on the harness
+  (benchmark 1 runs lazyusid in the benchmark's own process, peers A in a process of its own). The own
+  workers run without distributed's profiler and with its event-loop tick, memory and system monitors
+  slowed to 1 s / 1 s / 5 s (`lazyusid.run.pool.WORKER_SETTINGS`): process-tree CPU within ~3 % of the
+  serial loop's in peers A (it was +22 % with distributed's defaults).
+- **Peers A fresh, end to end vs pyUSID.** A fresh lazyusid run pays its worker pool start (cluster and
+  the workers' imports, ~2–3 s) that pyUSID's forked joblib pool does not; the pool starts in the
+  background when processes are chosen, but the compute then waits for it.
+- **Peers B, a ~17 µs function.** Blocks were cut at 0.5 s by a one-call estimate of 0.2–0.6 ms (the whole
+  output inference and first touches were timed): ~650–2,300 positions per block, each block task costing
+  ~4.6 ms of CPU on the workers. Since this run's code, the estimate times the call alone and the 0.5 s cap
+  applies only to functions estimated at ≥ 1 ms per spectrum (`plan.SLOW_SPECTRUM_SECONDS`). `Pool(2)`
+  itself is only ~1.2× the serial loop on B here, so ≥ 1.6× serial is above this machine's ceiling.
+- **2 and peers C, vectorised vs h5py's read.** `abs(block).max(-1)` on complex64 is compute-bound here:
+  h5py's warm `read_direct` reads at ~20 GB/s, the computation alone (no engine, 2 threads) takes ≥ 3×
+  longer; lazyusid is at 0.8× of the same work done by hand and ahead of every other tool on C.
+- **8, small job.** ~20 ms of fixed cost per stored call on 1,024 positions: the first read of a new file's
+  layout (~4 ms), the pre-write dry run of the results group in memory (~2.5 ms), building the group
+  (~3.5 ms), two lookups of stored results, ~10 opens of the file.
 """
 
 
