@@ -218,9 +218,12 @@ def forget(cores: int) -> None:
 
 def _close(pool: Pool) -> None:
     pool.ready.wait(60)
-    client = pool.client
-    if client is None:
-        return
+    if pool.client is not None:
+        close_client(pool.client)
+
+
+def close_client(client) -> None:
+    """Close a client and its cluster, best effort (at exit, after a Ctrl-C)."""
     cluster = client.cluster
     try:
         client.close(timeout=5)

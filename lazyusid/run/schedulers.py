@@ -212,16 +212,6 @@ def forget(scheduler: Scheduler) -> None:
         pool.forget(scheduler.workers)
 
 
-def _close(client) -> None:
-    cluster = client.cluster
-    try:
-        client.close(timeout=5)
-        if cluster is not None:
-            cluster.close(timeout=5)
-    except Exception:  # pragma: no cover - best effort, at exit or after a Ctrl-C
-        pass
-
-
 @atexit.register
 def shutdown() -> None:
     """Close the worker processes lazyusid started (also called at exit)."""
@@ -230,4 +220,4 @@ def shutdown() -> None:
         clients = list(_pool.values())
         _pool.clear()
     for client in clients:
-        _close(client)
+        pool.close_client(client)
