@@ -283,9 +283,15 @@ def test_a_source_open_for_writing_elsewhere_is_busy_and_named(scan):
 # a full disk: a clear error, the file closed, the process alive, a rerun resumes
 
 FULL_DISK_SCRIPT = """
+import os
 import sys
+import h5py
 import numpy as np
 import lazyusid
+
+if os.environ.get("UNALLOCATED"):  # results groups built before the skeleton allocated their space (2026-12)
+    import lazyusid.sinks.hdf5_group
+    lazyusid.sinks.hdf5_group.allocated = lambda: h5py.h5p.create(h5py.h5p.DATASET_CREATE)
 
 def wide(spectrum):
     return np.repeat(np.abs(spectrum).astype("f8"), 32)  # 4 KiB per position
@@ -329,11 +335,31 @@ def _run(script_args, env):
     )
 
 
-def test_a_full_disk_is_a_clear_error_the_process_survives_and_a_rerun_resumes(small_disk, tmp_path):
+def test_results_larger_than_the_free_space_are_refused_before_computing(small_disk, tmp_path):
+    """The skeleton allocates every chunk (tests/test_hdf5_allocation.py): a full disk shows before the work."""
     source = os.fspath(tmp_path / "scan.h5")
     lazyusid.datasets.make_be_pfm(source, n_x=32, n_y=32, n_freq=16, overwrite=True)
     target = os.fspath(small_disk / "results.h5")
-    env = {**os.environ, "DASK_LAZYUSID__CHECKPOINT_INTERVAL": "0"}
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(lazyusid.__file__))}
+    first = _run([source, target], env)
+    assert first.returncode == 0, (first.returncode, first.stderr[-3000:])
+    assert re.search(
+        r"ERROR DiskFullError No space left on device while writing \S+results\.h5:/: preparing its results "
+        r"group \(its datasets take 4\.0 MiB\), before computing anything; free space and run again",
+        first.stdout,
+    ), first.stdout + first.stderr[-3000:]
+    assert os.listdir(small_disk) == []  # no file, and no temporary file, left behind
+    subprocess.run(["mount", "-o", "remount,size=16m", os.fspath(small_disk)], check=True)
+    again = _run([source, target], env)
+    assert "DONE 1024" in again.stdout, again.stdout + again.stderr[-3000:]
+
+
+def test_a_full_disk_is_a_clear_error_the_process_survives_and_a_rerun_resumes(small_disk, tmp_path):
+    """Into a results group whose space is allocated as it is written (groups built before 2026-12)."""
+    source = os.fspath(tmp_path / "scan.h5")
+    lazyusid.datasets.make_be_pfm(source, n_x=32, n_y=32, n_freq=16, overwrite=True)
+    target = os.fspath(small_disk / "results.h5")
+    env = {**os.environ, "DASK_LAZYUSID__CHECKPOINT_INTERVAL": "0", "UNALLOCATED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(lazyusid.__file__)), env.get("PYTHONPATH", "")]
     )

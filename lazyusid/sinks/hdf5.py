@@ -18,11 +18,10 @@ checks that run before anything is written, :mod:`lazyusid.sinks.hdf5_group`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 
 import dask
 import h5py
@@ -31,7 +30,6 @@ import xarray as xr
 
 from ..core.function import MAX_ERRORS
 from ..errors import DiskFullError, LazyUSIDError, StoreConflictError
-from ..usid.write import bookkeeping_attrs
 from .base import (
     ERRORS,
     FAILED,
@@ -47,12 +45,13 @@ from .hdf5_file import (
     NEW_FILE_SUFFIX,
     alive,
     check_writable,
+    create_file,
     is_disk_full,
     opened,
     refuse_non_group,
     remove_stale_new_files,
 )
-from .hdf5_group import BUILDING, RESERVED_ATTRS, build_group, check_group, refuse_unplain
+from .hdf5_group import BUILDING, RESERVED_ATTRS, build_group, check_group, errors_text, refuse_unplain
 from .hdf5_read import read_result, stored_errors
 
 #: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
@@ -184,44 +183,46 @@ class HDF5Sink(Sink):
 
     @contextmanager
     def writing(self):
-        """Hold the file open for writing (and so locked) while the block runs."""
+        """Hold the file open for writing (and so locked) while the block runs.
+
+        A file that does not exist yet is opened by :meth:`prepare`, once it
+        has been built whole, skeleton included, under a temporary name and
+        linked into place (:func:`~.hdf5_file.create_file`).
+        """
         check_writable(self.path, self.in_file)
         remove_stale_new_files(self.path)
-        if not os.path.exists(self.path):
-            self._create_file()
-        with opened(self.path, "r+", unbuffered=True) as f:
-            self._file = f
+        with ExitStack() as stack:
+            self._stack = stack
+            if os.path.exists(self.path):
+                self._file = stack.enter_context(opened(self.path, "r+", unbuffered=True))
             try:
                 yield self
             finally:  # no h5py object of the file outlives it
-                self._file = self._group = self._markers = None
+                self._file = self._group = self._markers = self._stack = None
                 self._dsets = []
-
-    def _create_file(self) -> None:
-        tmp = f"{self.path}.{os.getpid()}{NEW_FILE_SUFFIX}"
-        with h5py.File(tmp, "w") as f:
-            f.require_group(self.group)
-            f.attrs.update(bookkeeping_attrs())
-        try:
-            os.link(tmp, self.path)  # atomic, and never replaces a file another process just made
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
 
     def prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
         """Open the group to resume, or create a new one; return the per-row flags."""
         try:
             return self._prepare(token, identity, params, resume=resume)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             if isinstance(exc, LazyUSIDError) or not is_disk_full(exc):
                 raise
+            need = sum(
+                self.shape.n_rows * self.shape.columns(o) * o.dtype.itemsize for o in self.shape.outputs
+            )
             raise DiskFullError(
-                f"No space left on device while writing {self.where}: preparing its results group, before "
-                "computing anything; free space and run again"
+                f"No space left on device while writing {self.where}: preparing its results group (its "
+                f"datasets take {need / 2**20:.1f} MiB), before computing anything; free space and run again"
             ) from exc
 
     def _prepare(self, token: str, identity: dict, params: dict, *, resume: Found | None) -> np.ndarray:
+        if self._file is None:  # a new file
+            built = []
+            create_file(self.path, lambda f: built.append(self._create_group(f, token, identity, params)))
+            self._file = self._stack.enter_context(opened(self.path, "r+", unbuffered=True))
+            if built and built[0] in self._file[self.group]:  # else another process made the file first
+                return self._attach(self._file[self.group][built[0]])
         f = self._file
         if resume is not None:
             grp = f[self.group][resume.name]
@@ -236,10 +237,10 @@ class HDF5Sink(Sink):
                 )
             del f[self.group][resume.name]  # a skeleton left by a killed run, with nothing finished
             f.flush()
-        return self._attach(self._create_group(token, identity, params))
+        return self._attach(f[self.group][self._create_group(f, token, identity, params)])
 
-    def _create_group(self, token, identity, params) -> h5py.Group:
-        f = self._file
+    def _create_group(self, f: h5py.File, token, identity, params) -> str:
+        """Build a new results group in ``f``, flushed, and return its name."""
         parent = f.require_group(self.group)
         if BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
             del parent[BUILDING]
@@ -269,7 +270,7 @@ class HDF5Sink(Sink):
         f.flush()
         parent.move(BUILDING, name)  # a kill before this leaves no group that pyUSID or lazyusid would find
         f.flush()
-        return parent[name]
+        return name
 
     def _problems(self, grp: h5py.Group) -> list[str]:
         problems = []
@@ -351,13 +352,13 @@ class HDF5Sink(Sink):
             self._file.flush()
             if self._new_errors:  # with the flags: a kill before them computes (and records) the rows again
                 self._errors = merge_errors(self._errors, self._new_errors, MAX_ERRORS)
-                self._group.attrs[ERRORS] = json.dumps(self._errors)  # index keys in dimension order
+                self._group.attrs.modify(ERRORS, errors_text(self._errors))  # in place: a fixed size
                 self._new_errors = []
             for r0, r1 in merged:
                 self._markers[r0:r1] = 1
                 done[r0:r1] = 1
             prefix = _prefix(done, self._prefix)
-            self._group.attrs["last_pixel"] = prefix
+            self._group.attrs.modify("last_pixel", prefix)
             self._file.flush()
         except (OSError, RuntimeError) as exc:
             if not is_disk_full(exc):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 
 import h5py
@@ -18,6 +19,7 @@ import h5py
 from ..errors import DiskFullError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..run.pool import wait_for_starting
 from ..usid.files import raise_if_locked
+from ..usid.write import bookkeeping_attrs
 
 #: suffix of a new target file while it is built, before it is linked into place
 NEW_FILE_SUFFIX = ".lazyusid-partial"
@@ -95,8 +97,8 @@ def is_disk_full(exc: BaseException) -> bool:
     )
 
 
-def unbuffered_file(path: str) -> h5py.File:
-    """``h5py.File(path, "r+")`` holding no raw data back: no chunk cache, no sieve buffer.
+def unbuffered_file(path: str, *, create: bool = False) -> h5py.File:
+    """``h5py.File(path, "r+")`` (``"x"`` to ``create``) holding no raw data back: no chunk cache, no sieve buffer.
 
     Every write of values then reaches the file system during the write
     call, so a full disk fails that write (an error lazyusid translates),
@@ -111,24 +113,49 @@ def unbuffered_file(path: str) -> h5py.File:
     mdc, slots, _, w0 = fapl.get_cache()
     fapl.set_cache(mdc, slots, 0, w0)
     fapl.set_sieve_buf_size(0)
+    if create:
+        return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_EXCL, fapl=fapl))
     return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
+def create_file(path: str, build: Callable[[h5py.File], object]) -> bool:
+    """Create the HDF5 file ``path`` whole: ``build(f)`` it under a temporary name, then link it into place.
+
+    A kill leaves either no file or the whole one (a new file killed before
+    its first flush is unreadable; docs/design.md, decision 6). Returns
+    False, and leaves ``path`` as it is, when another process created it
+    meanwhile; the temporary file is removed either way.
+    """
+    tmp = f"{path}.{os.getpid()}{NEW_FILE_SUFFIX}"
+    try:
+        with opened(tmp, "x", unbuffered=True) as f:
+            f.attrs.update(bookkeeping_attrs())
+            build(f)
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a file another process just made
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 @contextmanager
 def opened(path: str, mode: str, *, unbuffered: bool = False):
     """``h5py.File`` with errors that say what is wrong with the target and what to do.
 
-    ``unbuffered`` (mode ``r+`` only): see :func:`unbuffered_file`. After an
+    ``unbuffered`` (mode ``r+`` or ``x`` only): see :func:`unbuffered_file`. After an
     error the file is closed quietly: what closing it fails on (a full
     disk) must not hide the error that stopped the work.
     """
     try:
         try:
-            f = unbuffered_file(path) if unbuffered else h5py.File(path, mode)
+            f = unbuffered_file(path, create=mode == "x") if unbuffered else h5py.File(path, mode)
         except OSError:
             if not wait_for_starting():  # a worker being spawned held a copy of a handle, and its lock
                 raise
-            f = unbuffered_file(path) if unbuffered else h5py.File(path, mode)
+            f = unbuffered_file(path, create=mode == "x") if unbuffered else h5py.File(path, mode)
     except OSError as exc:
         text = str(exc)
         raise_if_locked(

@@ -2,7 +2,13 @@
 
 :func:`build_group` writes the skeleton of a results group (one USID main
 dataset per output, the checkpoint flags, the identity and parameters as
-attributes) under the temporary name :data:`BUILDING`.
+attributes) under the temporary name :data:`BUILDING`. The skeleton
+allocates all the file space the run will write into (every chunk, the
+flags, the error record at its full size), so that after it is flushed no
+checkpoint moves the file's end of allocation: HDF5 writes the changed
+metadata before the superblock that records it, and a kill between the two
+would leave metadata pointing past the end plain h5py reads
+(docs/design.md, decision 6).
 :func:`check_group` refuses what cannot be stored before the first byte is
 written (docs/design.md, decision 9): output names HDF5, pyUSID or the group's
 own datasets reserve, dtypes HDF5 cannot hold, outputs without values; and
@@ -13,6 +19,7 @@ written to disk), so that whatever else h5py would refuse is refused there.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 
 import h5py
@@ -46,6 +53,9 @@ RESERVED_ATTRS = {
 CHUNK_BYTES = 4 * 2**20
 #: a results group while it is built; moved to its ``<Main>-<Tool>_NNN`` name only once whole
 BUILDING = "_lazyusid_building"
+#: bytes of the fixed-size :data:`~lazyusid.sinks.base.ERRORS` attribute (JSON; ``MAX_ERRORS`` errors of
+#: 500-character messages fit), so that checkpoints rewrite it in place
+ERRORS_BYTES = 16 * 1024
 #: dry runs build their skeletons in files of these names, in memory only
 _dry_runs = itertools.count()
 
@@ -62,6 +72,7 @@ def build_group(
     source: tuple[str, str] | None,
     source_ref: h5py.Reference | None = None,
     inputs: list | None = None,
+    allocate: bool = True,
 ) -> h5py.Group:
     """Write the skeleton of a results group as ``parent[BUILDING]`` and return it.
 
@@ -73,7 +84,10 @@ def build_group(
     (:func:`~lazyusid.sinks.lineage.input_records`): every input in this file
     is also an object reference ``source_001``, … (pyUSID's
     ``num_source_dsets``), and all of them are the ``lazyusid_inputs`` JSON.
+    ``allocate`` (False for dry runs in memory) allocates every dataset's
+    space now, written with its fill value (:func:`allocated`).
     """
+    space = (lambda: {"dcpl": allocated()}) if allocate else dict  # a new property list per dataset
     grp = parent.create_group(BUILDING)
     pos_dims = positions if positions is not None else _pos_dims(shape)
     for out in shape.outputs:
@@ -93,6 +107,7 @@ def build_group(
             ancillary_suffix=_suffix(shape, out),
             chunks=(rows, cols),
             fillvalue=out.fill,
+            **space(),
         )
         pos_dims = main  # later outputs share the position ancillaries
     grp.attrs["tool"] = tool
@@ -120,7 +135,7 @@ def build_group(
             grp.attrs[key] = plain
     grp.attrs["lazyusid_identity"] = to_json(identity)
     grp.attrs["lazyusid_format_version"] = identity["format_version"]
-    grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0)
+    grp.create_dataset(MARKERS, shape=(shape.n_rows,), dtype=np.uint8, fillvalue=0, **space())
     if shape.status:  # one flag per position (row × loop positions inside it): 1 where the function raised
         rows = max(1, min(shape.rows_per_block, shape.n_rows))
         grp.create_dataset(
@@ -129,10 +144,44 @@ def build_group(
             dtype=np.uint8,
             fillvalue=0,
             chunks=(rows, shape.n_extra),
+            **space(),
         )
+        grp.attrs.create(ERRORS, errors_text([]), dtype=f"S{ERRORS_BYTES}")
     grp.attrs["last_pixel"] = 0
     grp.attrs["lazyusid_token"] = token
     return grp
+
+
+def allocated() -> h5py.h5p.PropDCID:
+    """Creation properties of a dataset whose space is allocated, and written with its fill value, at once.
+
+    Every chunk then exists (and its index is complete) when the skeleton
+    is flushed, and the file's end on disk covers all of them.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    return dcpl
+
+
+def errors_text(errors: list[dict], limit: int = ERRORS_BYTES) -> bytes:
+    """``errors`` as JSON in at most ``limit`` bytes: messages are shortened to fit, then the last dropped.
+
+    Examples
+    --------
+    >>> errors_text([{"position": 3, "message": "x" * 50}], limit=40)
+    b'[{"position": 3, "message": "xxxxxxxx"}]'
+    """
+    kept = list(errors)
+    for chars in (500, 200, 80, 20, 8):
+        kept = [{**e, "message": str(e.get("message", ""))[:chars]} for e in kept]
+        text = json.dumps(kept).encode()
+        if len(text) <= limit:
+            return text
+    while len(text) > limit:
+        kept.pop()
+        text = json.dumps(kept).encode()
+    return text
 
 
 def refuse_unplain(parent: h5py.Group, name: str, shape: ResultShape, path: str) -> None:
@@ -250,6 +299,7 @@ def _dry_run(parent, shape, tool, token, identity, params, positions, source, wh
             params=params,
             positions=positions,
             source=source,
+            allocate=False,
         )
     except (TypeError, ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ValueError(
