@@ -5,11 +5,12 @@ One writer (the process that runs the computation) holds the file open
 finished block's data is written at once; a checkpoint (at most every
 :data:`CHECKPOINT_SECONDS`, and at the end) flushes, sets the flags and
 ``last_pixel`` of the blocks written since the last one, and flushes again
-(docs/design.md, decision 6: data, flush, flags, flush). A new file is built under a temporary name and
-linked into place only once its skeleton is flushed, so a kill never leaves
-an unreadable target; a new results group likewise is built as
-``_lazyusid_building`` and moved to its name once whole, so a kill never
-leaves a group that lazyusid or pyUSID would take for a partial result.
+(docs/design.md, decision 6: data, flush, flags, flush). The skeleton
+allocates all the space the run writes into, so no checkpoint moves the
+file's end. A new file is built whole, skeleton included, under a temporary
+name and linked into place; a new results group in an existing file is
+built anonymous and linked once whole and flushed, so a kill never leaves a
+group that lazyusid or pyUSID would take for a partial result.
 
 Opening the file (locks, a full disk, stale temporary files) is
 :mod:`lazyusid.sinks.hdf5_file`; the results group's skeleton, and the
@@ -51,7 +52,15 @@ from .hdf5_file import (
     refuse_non_group,
     remove_stale_new_files,
 )
-from .hdf5_group import BUILDING, RESERVED_ATTRS, build_group, check_group, errors_text, refuse_unplain
+from .hdf5_group import (
+    BUILDING,
+    RESERVED_ATTRS,
+    build_group,
+    check_group,
+    errors_text,
+    refuse_unplain,
+    spare_metadata,
+)
 from .hdf5_read import read_result, stored_errors
 
 #: seconds between checkpoints: blocks written meanwhile are flagged together (each costs two
@@ -240,7 +249,20 @@ class HDF5Sink(Sink):
         return self._attach(f[self.group][self._create_group(f, token, identity, params)])
 
     def _create_group(self, f: h5py.File, token, identity, params) -> str:
-        """Build a new results group in ``f``, flushed, and return its name."""
+        """Build a new results group in ``f`` and link it into place (both flushed); return its name.
+
+        A kill may land between any two writes of HDF5's flush, which writes
+        the changed metadata in address order and the superblock (the file's
+        end) last. So the group is built anonymous, unreachable until linked,
+        and flushed: a kill then leaves unreachable bytes only. The link is
+        made after, from a :func:`~.hdf5_group.spare_metadata` block held
+        since before the build, so that it moves the file's end neither up
+        (metadata past the end) nor down (a truncation before the
+        superblock). What remains (tests/test_kill_writes.py): a kill inside
+        the link's flush, between HDF5's in-place writes of the parent
+        group's heap and symbol-table node (a few microseconds, once per new
+        results group).
+        """
         parent = f.require_group(self.group)
         if BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
             del parent[BUILDING]
@@ -251,9 +273,11 @@ class HDF5Sink(Sink):
         src = None
         if self.source_file is not None and self.reuse_positions:
             src = f if self.in_file else h5py.File(self.source_file, "r")
+        spare = spare_metadata(f)  # before the group, so that freeing it does not shorten the file
+        grp = h5py.Group(h5py.h5g.create(f.id, None))
         try:
             build_group(
-                parent,
+                grp,
                 shape=self.shape,
                 tool=self.tool,
                 token=token,
@@ -268,7 +292,8 @@ class HDF5Sink(Sink):
             if src is not None and not self.in_file:
                 src.close()
         f.flush()
-        parent.move(BUILDING, name)  # a kill before this leaves no group that pyUSID or lazyusid would find
+        spare.id.close()  # its space goes to the link
+        parent[name] = grp
         f.flush()
         return name
 

@@ -2,7 +2,7 @@
 
 :func:`build_group` writes the skeleton of a results group (one USID main
 dataset per output, the checkpoint flags, the identity and parameters as
-attributes) under the temporary name :data:`BUILDING`. The skeleton
+attributes) into an empty group, which the sink links into place. The skeleton
 allocates all the file space the run will write into (every chunk, the
 flags, the error record at its full size), so that after it is flushed no
 checkpoint moves the file's end of allocation: HDF5 writes the changed
@@ -51,8 +51,11 @@ RESERVED_ATTRS = {
 }
 #: largest chunk of a result dataset
 CHUNK_BYTES = 4 * 2**20
-#: a results group while it is built; moved to its ``<Main>-<Tool>_NNN`` name only once whole
+#: the group a dry run builds in memory; in files, where versions before 2026-12 built results groups
+#: (a run killed meanwhile left it, and the next run removes it)
 BUILDING = "_lazyusid_building"
+#: metadata space held for linking a results group (:func:`spare_metadata`); compact attributes stay under 64 KiB
+SPARE_BYTES = 60 * 1024
 #: bytes of the fixed-size :data:`~lazyusid.sinks.base.ERRORS` attribute (JSON; ``MAX_ERRORS`` errors of
 #: 500-character messages fit), so that checkpoints rewrite it in place
 ERRORS_BYTES = 16 * 1024
@@ -61,7 +64,7 @@ _dry_runs = itertools.count()
 
 
 def build_group(
-    parent: h5py.Group,
+    grp: h5py.Group,
     *,
     shape: ResultShape,
     tool: str,
@@ -74,7 +77,7 @@ def build_group(
     inputs: list | None = None,
     allocate: bool = True,
 ) -> h5py.Group:
-    """Write the skeleton of a results group as ``parent[BUILDING]`` and return it.
+    """Write the skeleton of a results group into the empty group ``grp`` (an anonymous one, linked when whole).
 
     ``positions`` is a main dataset whose position ancillaries the outputs
     reuse (copied when it lies in another file), or None for new ones;
@@ -88,7 +91,6 @@ def build_group(
     space now, written with its fill value (:func:`allocated`).
     """
     space = (lambda: {"dcpl": allocated()}) if allocate else dict  # a new property list per dataset
-    grp = parent.create_group(BUILDING)
     pos_dims = positions if positions is not None else _pos_dims(shape)
     for out in shape.outputs:
         cols = shape.columns(out)
@@ -116,11 +118,12 @@ def build_group(
         grp.attrs["source_000"] = source_ref
     elif source is not None:
         grp.attrs["source_file_path"], grp.attrs["source_dataset_path"] = source
-    here = os.path.abspath(parent.file.filename)
+    file = grp.file
+    here = os.path.abspath(file.filename)
     refs = [
-        parent.file[i["dataset"]].ref
+        file[i["dataset"]].ref
         for i in (inputs or [])[1:]
-        if i.get("file") and os.path.abspath(i["file"]) == here and i.get("dataset") in parent.file
+        if i.get("file") and os.path.abspath(i["file"]) == here and i.get("dataset") in file
     ]
     for k, ref in enumerate(refs, start=1):
         grp.attrs[f"source_{k:03d}"] = ref
@@ -162,6 +165,18 @@ def allocated() -> h5py.h5p.PropDCID:
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
     return dcpl
+
+
+def spare_metadata(f: h5py.File, nbytes: int = SPARE_BYTES) -> h5py.Group:
+    """An anonymous group holding ``nbytes`` of file space for metadata (a compact attribute in its header).
+
+    Never linked, it is deleted when closed: its space goes back to HDF5's
+    free list for metadata, where the next metadata (a link's heap and
+    symbol-table nodes) is allocated first, below the file's end on disk.
+    """
+    spare = h5py.Group(h5py.h5g.create(f.id, None))
+    spare.attrs.create("spare", np.zeros(nbytes, np.uint8))
+    return spare
 
 
 def errors_text(errors: list[dict], limit: int = ERRORS_BYTES) -> bytes:
@@ -291,7 +306,7 @@ def _check_storable(mem: h5py.File, out: Output, shape: ResultShape, where: str)
 def _dry_run(parent, shape, tool, token, identity, params, positions, source, where) -> None:
     try:
         build_group(
-            parent,
+            parent.create_group(BUILDING),
             shape=shape,
             tool=tool,
             token=token,
