@@ -31,6 +31,10 @@ MAX_ERRORS = 20
 FAILED = "failed_positions"
 
 
+#: Python scalar types, whose shape is () (checked without calling np.shape in the per-spectrum loop)
+PY_SCALARS = frozenset({float, int, bool, complex})
+
+
 @dataclass(frozen=True)
 class SpectralFunction:
     """A function applied to every spectrum (or every block of spectra).
@@ -208,7 +212,8 @@ class SpectralFunction:
             try:
                 parts = self.split(func(block[i], **params))
                 for out, part, o in zip(outs, parts, self.outputs):
-                    if np.shape(part) != o.shape:  # assignment would broadcast a wrong shape silently
+                    shape = () if part.__class__ in PY_SCALARS else getattr(part, "shape", None)
+                    if (np.shape(part) if shape is None else shape) != o.shape:  # would broadcast silently
                         raise ValueError(f"output {o.name!r} has shape {np.shape(part)}, expected {o.shape}")
                     # a cached verdict per (value dtype or Python type, output dtype); anything but
                     # "fits" takes the slow path, which converts, checks by value, or refuses

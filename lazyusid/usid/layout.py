@@ -168,6 +168,8 @@ def read_layout(dset: h5py.Dataset) -> Layout:
         with _memo_lock:
             seen = _layouts.get(key)
         if seen is not None and (seen[0] == state or (pinned is not None and key in pinned)):
+            if pinned is not None:  # trusted from now on, also once the results written change the file
+                pinned.add(key)
             return seen[1]
     layout = _read_layout(dset, f)
     if trusted:
