@@ -131,25 +131,31 @@ class HDF5Sink(Sink):
         """
         check_result_names(self.shape, self.where)
         check_writable(self.path, self.in_file)
-        if os.path.exists(self.path):
-            with opened(self.path, "r") as f:
+        with ExitStack() as stack:
+            f = stack.enter_context(opened(self.path, "r")) if os.path.exists(self.path) else None
+            if f is not None:
                 refuse_non_group(f, self.group)
-        check_group(
-            self.where,
-            self.group,
-            shape=self.shape,
-            tool=self.tool,
-            token=token,
-            identity=identity,
-            params=params,
-            source=None if self.source_file is None else (self.source_file, self.source_dataset),
-            reuse_positions=self.reuse_positions,
-        )
+            src = None
+            if self.source_file is not None and self.reuse_positions:
+                src = f if self.in_file else stack.enter_context(opened(self.source_file, "r"))
+            check_group(
+                self.where,
+                self.group,
+                shape=self.shape,
+                tool=self.tool,
+                token=token,
+                identity=identity,
+                params=params,
+                source=None if self.source_file is None else (self.source_file, self.source_dataset),
+                positions=None if src is None else src[self.source_dataset],
+            )
 
     # -- finding ---------------------------------------------------------------------------------
 
     def find(self, token: str, name: str | None = None) -> list[Found]:
         """Results groups of this tool holding ``token`` (``name`` only, if given), newest last."""
+        if self._file is not None:  # while writing: the file this sink holds open
+            return self._find(self._file, token, name)
         if not os.path.exists(self.path):
             if name is not None:
                 raise FileNotFoundError(f"{self.path} does not exist, so it holds no results group {name!r}")

@@ -32,7 +32,6 @@ from ..usid.dimension import Dimension
 from ..usid.files import unplain_storage
 from ..usid.write import ANCILLARY_NAMES, Points, bookkeeping_attrs, write_main
 from .base import ERRORS, FAILED, MARKERS, ResultShape
-from .hdf5_file import opened
 
 #: attributes lazyusid writes on a results group (parameters never overwrite them)
 RESERVED_ATTRS = {
@@ -240,24 +239,20 @@ def check_group(
     identity: dict,
     params: dict,
     source: tuple[str, str] | None,
-    reuse_positions: bool,
+    positions: h5py.Dataset | None,
 ) -> None:
     """Raise unless a results group of this result can be built; writes nothing to disk.
 
     Names and dtypes are checked one by one (the message names the output
     and the fix), then the whole skeleton is built in memory as
-    :func:`build_group` builds it in the target.
+    :func:`build_group` builds it in the target (``positions``: the source
+    main dataset whose position ancillaries the outputs reuse, or None).
     """
     check_names(shape, where)
     with _memory_file() as mem:
         for out in shape.outputs:
             _check_storable(mem, out, shape, where)
-        parent = mem.require_group(group)
-        if source is not None and reuse_positions:
-            with opened(source[0], "r") as src:
-                _dry_run(parent, shape, tool, token, identity, params, src[source[1]], source, where)
-        else:
-            _dry_run(parent, shape, tool, token, identity, params, None, source, where)
+        _dry_run(mem.require_group(group), shape, tool, token, identity, params, positions, source, where)
 
 
 def check_names(shape: ResultShape, where: str) -> None:
