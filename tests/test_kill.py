@@ -498,3 +498,22 @@ def test_results_group_being_built_is_removed(kind, source, tmp_path):
     check_complete(kind, src, target, source, kill_target.run(src, target))
     with h5py.File(target, "r") as f:
         assert sorted(k for k in f[parent] if "features" in k or "lazyusid" in k) == ["Raw_Data-features_000"]
+
+
+def test_a_whole_results_group_left_being_built_by_an_older_version_is_not_taken_for_data(source, tmp_path):
+    """Versions before 2026-12 built results groups in place under ``_BUILDING``: a kill left USID main datasets.
+
+    ``open_usid`` of the file must still find its one data main dataset (not ask for ``dataset=``), and
+    the next run removes the leftover.
+    """
+    src, target = make_target("in-file", source, tmp_path)
+    check_complete("in-file", src, target, source, kill_target.run(src, target))
+    parent = "/Measurement_000/Channel_000"
+    with h5py.File(target, "a") as f:
+        f[parent].move("Raw_Data-features_000", _BUILDING)
+    data = lazyusid.open_usid(src)
+    assert data.attrs["usid_dataset"] == kill_target.SOURCE_DATASET
+    assert lazyusid.usid.files.list_main(src) == [kill_target.SOURCE_DATASET]
+    check_complete("in-file", src, target, source, kill_target.run(src, target))
+    with h5py.File(target, "r") as f:
+        assert _BUILDING not in f[parent]

@@ -29,7 +29,7 @@ from ..core.identity import to_json
 from ..core.outputs import Output
 from ..errors import StoreConflictError
 from ..usid.dimension import Dimension
-from ..usid.files import unplain_storage
+from ..usid.files import UNFINISHED_GROUP, unplain_storage
 from ..usid.write import ANCILLARY_NAMES, Points, bookkeeping_attrs, write_main
 from .base import ERRORS, FAILED, MARKERS, ResultShape
 
@@ -52,7 +52,7 @@ RESERVED_ATTRS = {
 CHUNK_BYTES = 4 * 2**20
 #: the group a dry run builds in memory; in files, where versions before 2026-12 built results groups
 #: (a run killed meanwhile left it, and the next run removes it)
-BUILDING = "_lazyusid_building"
+BUILDING = UNFINISHED_GROUP
 #: metadata space held for linking a results group (:func:`spare_metadata`); compact attributes stay under 64 KiB
 SPARE_BYTES = 60 * 1024
 #: bytes of the fixed-size :data:`~lazyusid.sinks.base.ERRORS` attribute (JSON; ``MAX_ERRORS`` errors of

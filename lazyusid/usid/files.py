@@ -88,8 +88,17 @@ def open_file(source: PathLike | h5py.File | h5py.Group, mode: str = "r"):
         f.close()
 
 
+#: a results group left unfinished by a lazyusid run (versions before 2026-12 built them under this name;
+#: a run killed meanwhile left it, and the next run removes it): what it holds is never taken for data
+UNFINISHED_GROUP = "_lazyusid_building"
+
+
+def _unfinished(name: str) -> bool:
+    return UNFINISHED_GROUP in name.split("/")
+
+
 def list_main(source: PathLike | h5py.File) -> list[str]:
-    """HDF5 paths of all USID main datasets in a file, in file order.
+    """HDF5 paths of all USID main datasets in a file, in file order (none inside :data:`UNFINISHED_GROUP`).
 
     Examples
     --------
@@ -100,7 +109,7 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     with open_file(source) as f:
 
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and is_main(obj):
+            if isinstance(obj, h5py.Dataset) and not _unfinished(name) and is_main(obj):
                 found.append(obj.name)
 
         f.visititems(visit)
@@ -120,6 +129,7 @@ def invalid_candidates(source: PathLike | h5py.File) -> list[tuple[str, str]]:
         def visit(name, obj):
             if (
                 isinstance(obj, h5py.Dataset)
+                and not _unfinished(name)
                 and obj.ndim == 2
                 and any(k in obj.attrs for k in ANCILLARY_NAMES)
             ):
