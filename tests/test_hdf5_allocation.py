@@ -91,3 +91,30 @@ def test_the_run_after_the_skeleton_allocates_nothing(kind, on_error, scan, tmp_
         assert result.usid.failed.values.any() and result.usid.errors
     with h5py.File(target, "r") as f:  # and plain h5py reads all of it
         f.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+
+
+def fragile_peak(spectrum):
+    amplitude = np.abs(spectrum)
+    if int(np.argmax(amplitude)) % 4 == 0:
+        raise ValueError("no peak")
+    return amplitude.max()
+
+
+def test_a_cut_error_record_is_a_warning_not_a_failure(scan, tmp_path):
+    """The error record is rewritten in place at checkpoints; a kill inside that write can cut its JSON."""
+    target = os.fspath(tmp_path / "results.h5")
+    data = lazyusid.open_usid(scan)
+    result = data.usid.map(fragile_peak, store=target, on_error="skip", cores=1, progress=False)
+    failed = result.usid.failed.values.copy()
+    assert result.usid.errors
+    with h5py.File(target, "r+") as f:
+        (name,) = f
+        text = f[name].attrs["lazyusid_errors"]
+        f[name].attrs.modify("lazyusid_errors", text[: len(text) // 2])  # as a write stopped halfway
+    with pytest.warns(UserWarning, match="error messages recorded in .* are damaged"):
+        again = lazyusid.open_usid(scan).usid.map(
+            fragile_peak, store=target, on_error="skip", cores=1, progress=False
+        )
+    assert again.attrs["usid_rows_computed"] == 0
+    assert again.usid.errors == []
+    np.testing.assert_array_equal(again.usid.failed.values, failed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import dask
 import h5py
@@ -32,6 +33,25 @@ def read_result(path: str, group: str, shape: ResultShape) -> dict[str, xr.Varia
 
 
 def stored_errors(grp: h5py.Group) -> list[dict]:
-    """The errors a results group records (``on_error="skip"``), first by position."""
+    """The errors a results group records (``on_error="skip"``), first by position.
+
+    A record that is not valid JSON (cut by a kill while a checkpoint
+    rewrote it: a write of several pages can stop between two) gives a
+    warning and no errors; which positions failed is still in
+    ``failed_positions``, written as raw data.
+    """
     text = grp.attrs.get(ERRORS)
-    return json.loads(text.decode() if isinstance(text, bytes) else text) if text is not None else []
+    if text is None:
+        return []
+    try:
+        errors = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        errors = None
+    if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        warnings.warn(
+            f"the error messages recorded in {grp.name!r} of {grp.file.filename} are damaged (cut by a kill?) "
+            f"and are left out; the positions that failed are still marked in {FAILED!r}",
+            stacklevel=2,
+        )
+        return []
+    return errors
