@@ -207,6 +207,30 @@ def todo_ranges(done: np.ndarray, rows_per_block: int) -> list[tuple[int, int]]:
     return out
 
 
+def merged_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Row ranges with touching ones joined: one write for the many blocks of a checkpoint.
+
+    Examples
+    --------
+    >>> merged_ranges([(4, 6), (0, 2), (2, 4), (8, 9)])
+    [(0, 6), (8, 9)]
+    """
+    out: list[tuple[int, int]] = []
+    for r0, r1 in sorted(ranges):
+        if out and r0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(r1, out[-1][1]))
+        else:
+            out.append((r0, r1))
+    return out
+
+
+def flagged_prefix(done: np.ndarray, start: int) -> int:
+    """Length of the run of flagged rows from the start (scanning on from ``start``, a known prefix)."""
+    rest = done[start:]
+    first = int(np.argmin(rest)) if rest.size else 0  # the first 0, without building an index array
+    return int(done.size) if rest.size == 0 or rest[first] else start + first
+
+
 def boxes(start: int, stop: int, shape: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], int, int]]:
     """Cut the flat (C-order) range ``start:stop`` over ``shape`` into rectangular boxes.
 

@@ -39,11 +39,14 @@ from .base import (
     ResultShape,
     Sink,
     check_result_names,
+    flagged_prefix,
     merge_errors,
+    merged_ranges,
     todo_ranges,
 )
 from .hdf5_file import (
     NEW_FILE_SUFFIX,
+    add_group,
     alive,
     check_writable,
     create_file,
@@ -59,7 +62,6 @@ from .hdf5_group import (
     check_group,
     errors_text,
     refuse_unplain,
-    spare_metadata,
 )
 from .hdf5_read import read_result, stored_errors
 
@@ -111,6 +113,7 @@ class HDF5Sink(Sink):
         self.reuse_positions = reuse_positions
         self.in_file = source_file is not None and os.path.abspath(source_file) == self.path
         self._file: h5py.File | None = None
+        self._stack: ExitStack | None = None  # what :meth:`writing` closes at its end
         self._group: h5py.Group | None = None
         self._done: np.ndarray | None = None
         self._prefix = 0
@@ -255,52 +258,34 @@ class HDF5Sink(Sink):
         return self._attach(f[self.group][self._create_group(f, token, identity, params)])
 
     def _create_group(self, f: h5py.File, token, identity, params) -> str:
-        """Build a new results group in ``f`` and link it into place (both flushed); return its name.
-
-        A kill may land between any two writes of HDF5's flush, which writes
-        the changed metadata in address order and the superblock (the file's
-        end) last. So the group is built anonymous, unreachable until linked,
-        and flushed: a kill then leaves unreachable bytes only. The link is
-        made after, from a :func:`~.hdf5_group.spare_metadata` block held
-        since before the build, so that it moves the file's end neither up
-        (metadata past the end) nor down (a truncation before the
-        superblock). What remains (tests/test_kill_writes.py): a kill inside
-        the link's flush, between HDF5's in-place writes of the parent
-        group's heap and symbol-table node (a few microseconds, once per new
-        results group).
-        """
+        """Build a new results group in ``f`` and link it into place (:func:`~.hdf5_file.add_group`)."""
         parent = f.require_group(self.group)
-        if BUILDING in parent:  # left by a run killed (or failed) while building; we hold the lock now
+        if BUILDING in parent:  # left by an older version killed while building; we hold the lock now
             del parent[BUILDING]
         prefix = results_prefix(self.base, self.tool)
         taken = [int(m.group(1)) for k in parent if (m := re.fullmatch(re.escape(prefix) + r"(\d+)", k))]
         name = f"{prefix}{max(taken, default=-1) + 1:03d}"
         source = None if self.source_file is None else (self.source_file, self.source_dataset)
-        src = None
-        if self.source_file is not None and self.reuse_positions:
-            src = f if self.in_file else h5py.File(self.source_file, "r")
-        spare = spare_metadata(f)  # before the group, so that freeing it does not shorten the file
-        grp = h5py.Group(h5py.h5g.create(f.id, None))
-        try:
-            build_group(
-                grp,
-                shape=self.shape,
-                tool=self.tool,
-                token=token,
-                identity=identity,
-                params=params,
-                positions=src[self.source_dataset] if src is not None else None,
-                source=source,
-                source_ref=f[self.source_dataset].ref if self.in_file else None,
-                inputs=self.inputs,
+        with ExitStack() as stack:
+            src = None
+            if self.source_file is not None and self.reuse_positions:
+                src = f if self.in_file else stack.enter_context(h5py.File(self.source_file, "r"))
+            add_group(
+                parent,
+                name,
+                lambda grp: build_group(
+                    grp,
+                    shape=self.shape,
+                    tool=self.tool,
+                    token=token,
+                    identity=identity,
+                    params=params,
+                    positions=src[self.source_dataset] if src is not None else None,
+                    source=source,
+                    source_ref=f[self.source_dataset].ref if self.in_file else None,
+                    inputs=self.inputs,
+                ),
             )
-        finally:
-            if src is not None and not self.in_file:
-                src.close()
-        f.flush()
-        spare.id.close()  # its space goes to the link
-        parent[name] = grp
-        f.flush()
         return name
 
     def _problems(self, grp: h5py.Group) -> list[str]:
@@ -328,7 +313,7 @@ class HDF5Sink(Sink):
         self._errors = stored_errors(grp)
         self._new_errors: list[dict] = []
         self._done = np.asarray(self._markers[()], dtype=np.uint8)
-        self._prefix = _prefix(self._done, 0)
+        self._prefix = flagged_prefix(self._done, 0)
         self._pending: list[tuple[int, int]] = []
         self._last_commit = time.monotonic()
         self._interval = float(dask.config.get("lazyusid.checkpoint-interval", CHECKPOINT_SECONDS))
@@ -377,7 +362,7 @@ class HDF5Sink(Sink):
         """Checkpoint: flush the data written since the last one, then set their flags and flush again."""
         if self._file is None or not self._pending:
             return
-        merged = _merged(self._pending)
+        merged = merged_ranges(self._pending)
         done = self._done.copy()
         try:
             self._file.flush()
@@ -388,7 +373,7 @@ class HDF5Sink(Sink):
             for r0, r1 in merged:
                 self._markers[r0:r1] = 1
                 done[r0:r1] = 1
-            prefix = _prefix(done, self._prefix)
+            prefix = flagged_prefix(done, self._prefix)
             self._group.attrs.modify("last_pixel", prefix)
             self._file.flush()
         except (OSError, RuntimeError) as exc:
@@ -418,30 +403,6 @@ class HDF5Sink(Sink):
         """The first errors of results group ``name`` stored with ``on_error="skip"``, by position."""
         with opened(self.path, "r") as f:
             return stored_errors(f[f"{self.group.rstrip('/')}/{name}"])
-
-
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Row ranges with touching ones joined: one write for the many blocks of a checkpoint.
-
-    Examples
-    --------
-    >>> _merged([(4, 6), (0, 2), (2, 4), (8, 9)])
-    [(0, 6), (8, 9)]
-    """
-    out: list[tuple[int, int]] = []
-    for r0, r1 in sorted(ranges):
-        if out and r0 <= out[-1][1]:
-            out[-1] = (out[-1][0], max(r1, out[-1][1]))
-        else:
-            out.append((r0, r1))
-    return out
-
-
-def _prefix(done: np.ndarray, start: int) -> int:
-    """Length of the run of flagged rows from the start (scanning on from ``start``, a known prefix)."""
-    rest = done[start:]
-    first = int(np.argmin(rest)) if rest.size else 0  # the first 0, without building an index array
-    return int(done.size) if rest.size == 0 or rest[first] else start + first
 
 
 def _text(value):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, suppress
 
 import h5py
+import numpy as np
 
 from ..errors import DiskFullError, ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..run.pool import wait_for_starting
@@ -23,6 +24,8 @@ from ..usid.write import bookkeeping_attrs
 
 #: suffix of a new target file while it is built, before it is linked into place
 NEW_FILE_SUFFIX = ".lazyusid-partial"
+#: metadata space held for linking a new group (:func:`add_group`); compact attributes stay under 64 KiB
+SPARE_BYTES = 60 * 1024
 
 
 def refuse_non_group(f: h5py.File, group: str) -> None:
@@ -116,6 +119,42 @@ def unbuffered_file(path: str, *, create: bool = False) -> h5py.File:
     if create:
         return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_EXCL, fapl=fapl))
     return h5py.File(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl=fapl))
+
+
+def add_group(parent: h5py.Group, name: str, build: Callable[[h5py.Group], object]) -> None:
+    """``build(grp)`` a new group and link it as ``parent[name]``, both flushed, so that a kill anywhere harms least.
+
+    A kill may land between any two writes of HDF5's flush, which writes
+    the changed metadata in address order and the superblock (the file's
+    end) last (docs/design.md, decision 6). So the group is built anonymous,
+    unreachable until linked, and flushed: a kill then leaves unreachable
+    bytes only. The link is made after, from a :func:`spare_metadata` block
+    held since before the build, so that it moves the file's end neither up
+    (metadata past the end) nor down (a truncation before the superblock).
+    What remains (tests/test_kill_writes.py): a kill inside the link's
+    flush, between HDF5's in-place writes of ``parent``'s heap and
+    symbol-table node (a few microseconds, once per new group).
+    """
+    f = parent.file
+    spare = spare_metadata(f)  # before the group, so that freeing it does not shorten the file
+    grp = h5py.Group(h5py.h5g.create(f.id, None))
+    build(grp)
+    f.flush()
+    spare.id.close()  # its space goes to the link
+    parent[name] = grp
+    f.flush()
+
+
+def spare_metadata(f: h5py.File, nbytes: int = SPARE_BYTES) -> h5py.Group:
+    """An anonymous group holding ``nbytes`` of file space for metadata (a compact attribute in its header).
+
+    Never linked, it is deleted when closed: its space goes back to HDF5's
+    free list for metadata, where the next metadata (a link's heap and
+    symbol-table nodes) is allocated first, below the file's end on disk.
+    """
+    spare = h5py.Group(h5py.h5g.create(f.id, None))
+    spare.attrs.create("spare", np.zeros(nbytes, np.uint8))
+    return spare
 
 
 def create_file(path: str, build: Callable[[h5py.File], object]) -> bool:

@@ -53,8 +53,6 @@ CHUNK_BYTES = 4 * 2**20
 #: the group a dry run builds in memory; in files, where versions before 2026-12 built results groups
 #: (a run killed meanwhile left it, and the next run removes it)
 BUILDING = UNFINISHED_GROUP
-#: metadata space held for linking a results group (:func:`spare_metadata`); compact attributes stay under 64 KiB
-SPARE_BYTES = 60 * 1024
 #: bytes of the fixed-size :data:`~lazyusid.sinks.base.ERRORS` attribute (JSON; ``MAX_ERRORS`` errors of
 #: 500-character messages fit), so that checkpoints rewrite it in place
 ERRORS_BYTES = 16 * 1024
@@ -164,18 +162,6 @@ def allocated() -> h5py.h5p.PropDCID:
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
     return dcpl
-
-
-def spare_metadata(f: h5py.File, nbytes: int = SPARE_BYTES) -> h5py.Group:
-    """An anonymous group holding ``nbytes`` of file space for metadata (a compact attribute in its header).
-
-    Never linked, it is deleted when closed: its space goes back to HDF5's
-    free list for metadata, where the next metadata (a link's heap and
-    symbol-table nodes) is allocated first, below the file's end on disk.
-    """
-    spare = h5py.Group(h5py.h5g.create(f.id, None))
-    spare.attrs.create("spare", np.zeros(nbytes, np.uint8))
-    return spare
 
 
 def errors_text(errors: list[dict], limit: int = ERRORS_BYTES) -> bytes:
