@@ -109,7 +109,13 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     with open_file(source) as f:
 
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not _unfinished(name) and is_main(obj):
+            if (
+                isinstance(obj, h5py.Dataset)
+                and obj.ndim == 2
+                and "Position_Indices" in obj.attrs  # the others fail validation anyway: not worth a message
+                and not _unfinished(name)
+                and is_main(obj)
+            ):
                 found.append(obj.name)
 
         f.visititems(visit)
