@@ -99,28 +99,33 @@ def text_table(rows: list[Row]) -> str:
 
 
 #: what profiling found behind the misses and what changed (py-spy, pyinstrument; see the issue-6 notes)
-NOTES = """## What limits the misses (profiled 2026-12-01 on this machine; details in the session notes)
+NOTES = """## What limits the misses (profiled 2026-12-01/02 on this machine; details in the session notes)
 
 - **1 and peers A, the peak finder in session.** A CPU-bound ~1.5 ms function on 2 cores: `Pool(2)`
-  is the ceiling (1.9× serial); lazyusid runs at 0.93–0.98× of it depending on the harness
+  is the ceiling (1.8–1.9× serial); lazyusid runs at 0.91–1.03× of it depending on the run and the harness
   (benchmark 1 runs lazyusid in the benchmark's own process, peers A in a process of its own). The own
   workers run without distributed's profiler and with its event-loop tick, memory and system monitors
   slowed to 1 s / 1 s / 5 s (`lazyusid.run.pool.WORKER_SETTINGS`): process-tree CPU within ~3 % of the
   serial loop's in peers A (it was +22 % with distributed's defaults).
 - **Peers A fresh, end to end vs pyUSID.** A fresh lazyusid run pays its worker pool start (cluster and
   the workers' imports, ~2–3 s) that pyUSID's forked joblib pool does not; the pool starts in the
-  background when processes are chosen, but the compute then waits for it.
-- **Peers B, a ~17 µs function.** Blocks were cut at 0.5 s by a one-call estimate of 0.2–0.6 ms (the whole
-  output inference and first touches were timed): ~650–2,300 positions per block, each block task costing
-  ~4.6 ms of CPU on the workers. Since this run's code, the estimate times the call alone and the 0.5 s cap
-  applies only to functions estimated at ≥ 1 ms per spectrum (`plan.SLOW_SPECTRUM_SECONDS`). `Pool(2)`
-  itself is only ~1.2× the serial loop on B here, so ≥ 1.6× serial is above this machine's ceiling.
-- **2 and peers C, vectorised vs h5py's read.** `abs(block).max(-1)` on complex64 is compute-bound here:
-  h5py's warm `read_direct` reads at ~20 GB/s, the computation alone (no engine, 2 threads) takes ≥ 3×
-  longer; lazyusid is at 0.8× of the same work done by hand and ahead of every other tool on C.
-- **8, small job.** ~20 ms of fixed cost per stored call on 1,024 positions: the first read of a new file's
-  layout (~4 ms), the pre-write dry run of the results group in memory (~2.5 ms), building the group
-  (~3.5 ms), two lookups of stored results, ~10 opens of the file.
+  background when processes are chosen, but the compute then waits for it. 0.85× and 1.08× in the last
+  two full runs: one fresh run per tool and run, so noisy.
+- **Peers B, a ~17 µs function.** Blocks are bounded by balance and bytes (the 0.5 s cap applies only to
+  functions estimated at ≥ 1 ms per spectrum, `plan.SLOW_SPECTRUM_SECONDS`); each block task still costs
+  ~4.6 ms of CPU on the workers (distributed's messaging), which is what separates lazyusid from
+  `Pool(2)` (1.2–1.8× the serial loop on B here, varying between runs). ≥ 5× pyUSID would need pyUSID to be
+  slower than it is here (its per-position joblib dispatch).
+- **2 and peers C, vectorised vs h5py's read.** `abs(block).max(-1)` on complex64 is compute- and
+  memory-bound here: h5py's warm `read_direct` reads at ~20 GB/s, the computation alone (no engine, 2
+  threads) takes ≥ 3× longer, and a second core helps little (`Pool(2)` is no faster than the serial loop
+  on C); lazyusid is at ~0.8× of the same work done by hand and ahead of every distributed tool on C.
+- **8, small job.** ~18–24 ms of fixed cost per stored call on 1,024 positions (its spread is wide): the
+  first read of a new file's layout, the pre-write dry run of the results group in memory, building the
+  group (every chunk allocated up front: docs/design.md, decision 6), the identity's content
+  fingerprint, the lazy result. Cut on 2026-12-02 (A/B against the previous code, interleaved: 24.6–25.5
+  ms before, 17.7–21.8 ms after): the build no longer reads the source's layout again, two file opens
+  fewer, no `np.shape` per spectrum, only candidates validated as main datasets.
 """
 
 
@@ -198,8 +203,8 @@ Sizes in this mode: peak finder {cfg.peaks_shape[0]}×{cfg.peaks_shape[1]}, vect
 {cfg.memory_budget}, checkpoint cost {cfg.checkpoint_shape[0]}×{cfg.checkpoint_shape[1]}, user cluster
 {cfg.cluster_shape[0]}×{cfg.cluster_shape[1]}, derived inputs {cfg.derived_shape[0]}×{cfg.derived_shape[1]}
 (all ×119 complex64).
-Reproduce: `/work/venv/bin/python -m benchmarks --quick` (about 3 minutes) or `--full` (the sizes
-issue 6 names).
+Reproduce (with `pip install -e ".[bench]"`): `python -m benchmarks --quick` (about 3 minutes) or
+`--full` (the sizes issue 6 names).
 """
     with open(path, "w") as f:
         f.write(text)
