@@ -62,6 +62,7 @@ from .hdf5_group import (
     check_group,
     errors_text,
     refuse_unplain,
+    skeleton_problems,
 )
 from .hdf5_read import read_result, stored_errors
 
@@ -244,7 +245,7 @@ class HDF5Sink(Sink):
         f = self._file
         if resume is not None:
             grp = f[self.group][resume.name]
-            problems = self._problems(grp)
+            problems = skeleton_problems(grp, self.shape)
             if not problems:
                 return self._attach(grp)
             if MARKERS in grp and np.any(grp[MARKERS][()]):
@@ -287,23 +288,6 @@ class HDF5Sink(Sink):
                 ),
             )
         return name
-
-    def _problems(self, grp: h5py.Group) -> list[str]:
-        problems = []
-        markers = grp.get(MARKERS)
-        if not isinstance(markers, h5py.Dataset) or markers.shape != (self.shape.n_rows,):
-            problems.append(f"no {MARKERS} of {self.shape.n_rows} rows")
-        for out in self.shape.outputs:
-            dset = grp.get(out.name)
-            want = (self.shape.n_rows, self.shape.columns(out))
-            if not isinstance(dset, h5py.Dataset) or dset.shape != want or dset.dtype != out.dtype:
-                problems.append(f"no dataset {out.name!r} of shape {want} and dtype {out.dtype}")
-        failed = grp.get(FAILED)
-        if self.shape.status and (
-            not isinstance(failed, h5py.Dataset) or failed.shape != (self.shape.n_rows, self.shape.n_extra)
-        ):
-            problems.append(f"no {FAILED} of {self.shape.n_rows} rows")
-        return problems
 
     def _attach(self, grp: h5py.Group) -> np.ndarray:
         self._group = grp

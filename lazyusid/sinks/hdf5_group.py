@@ -152,6 +152,25 @@ def build_group(
     return grp
 
 
+def skeleton_problems(grp: h5py.Group, shape: ResultShape) -> list[str]:
+    """What a results group to resume lacks of the skeleton :func:`build_group` writes (empty: nothing)."""
+    problems = []
+    markers = grp.get(MARKERS)
+    if not isinstance(markers, h5py.Dataset) or markers.shape != (shape.n_rows,):
+        problems.append(f"no {MARKERS} of {shape.n_rows} rows")
+    for out in shape.outputs:
+        dset = grp.get(out.name)
+        want = (shape.n_rows, shape.columns(out))
+        if not isinstance(dset, h5py.Dataset) or dset.shape != want or dset.dtype != out.dtype:
+            problems.append(f"no dataset {out.name!r} of shape {want} and dtype {out.dtype}")
+    failed = grp.get(FAILED)
+    if shape.status and (
+        not isinstance(failed, h5py.Dataset) or failed.shape != (shape.n_rows, shape.n_extra)
+    ):
+        problems.append(f"no {FAILED} of {shape.n_rows} rows")
+    return problems
+
+
 def allocated() -> h5py.h5p.PropDCID:
     """Creation properties of a dataset whose space is allocated, and written with its fill value, at once.
 

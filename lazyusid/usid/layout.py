@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import InvalidUSIDError
+from .grid import grid_sizes, n_distinct, slowest_first
 from .write import ANCILLARY_NAMES
 
 #: name of the flat dimension of a dataset whose dimensions do not tile
@@ -332,19 +333,19 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
     if not spectroscopic:  # rows = dimensions from here on (indices contiguous: scanned several times)
         inds, vals = np.ascontiguousarray(inds.T), vals.T
     count = inds.shape[1]
-    order = _slowest_first(inds)
+    order = slowest_first(inds)
     marked = any(
         "incomplete_dimensions" in ds.attrs or np.any(np.asarray(ds.attrs.get("type", 0)) == 1)
         for ds in (h5_inds, h5_vals)
     )
-    sizes = None if marked else _grid_sizes(inds, order)
+    sizes = None if marked else grid_sizes(inds, order)
     complete = sizes is not None
     if complete:  # value of dimension i at its k-th step: at flat point k × (its stride in the grid)
         sorted_sizes = [sizes[i] for i in order]
         strides = {i: math.prod(sorted_sizes[j + 1 :]) for j, i in enumerate(order)}
         values = [vals[i, np.arange(sizes[i]) * strides[i]] for i in range(len(labels))]
     else:
-        sizes = tuple(_n_distinct(row) for row in inds)
+        sizes = tuple(n_distinct(row) for row in inds)
         values = [np.array(row) for row in vals]
     for v in values:  # shared by every later read of an unchanged file (_read_group_once)
         v.flags.writeable = False
@@ -357,38 +358,6 @@ def _read_group(h5_inds, h5_vals, expected: int, spectroscopic: bool, fail) -> D
         values=tuple(values),
         count=count,
     )
-
-
-def _n_distinct(row: np.ndarray) -> int:
-    """Number of distinct values in a row of indices (by counting when they are small and non-negative)."""
-    if row.size and 0 <= int(row.min()) and int(row.max()) < 4 * row.size:
-        return int(np.count_nonzero(np.bincount(row.astype(np.intp, copy=False))))
-    return int(np.unique(row).size)
-
-
-def _slowest_first(inds: np.ndarray) -> tuple[int, ...]:
-    """Order of the rows of ``inds`` from slowest to fastest changing (as pyUSID sorts)."""
-    changes = np.count_nonzero(inds[:, 1:] != inds[:, :-1], axis=1)
-    return tuple(int(i) for i in np.argsort(changes, kind="stable"))
-
-
-def _grid_sizes(inds: np.ndarray, order) -> tuple[int, ...] | None:
-    """Sizes (in row order) of the full C-order grid, slowest first in ``order``, that ``inds`` tile; or None.
-
-    Without building the grid: along each dimension the indices must count
-    0, 1, ... and repeat over every other dimension.
-    """
-    if inds.shape[1] == 0 or int(inds.min()) != 0:
-        return None
-    sizes = tuple(int(m) + 1 for m in inds.max(axis=1))
-    sorted_sizes = [sizes[i] for i in order]
-    if math.prod(sorted_sizes) != inds.shape[1]:
-        return None
-    for j, i in enumerate(order):
-        steps = np.arange(sorted_sizes[j]).reshape([-1 if k == j else 1 for k in range(len(order))])
-        if not (inds[i].reshape(sorted_sizes) == steps).all():
-            return None
-    return sizes
 
 
 def _text(value):
