@@ -22,7 +22,7 @@ import kill_target
 import numpy as np
 import pytest
 import zarr
-from test_kill import KILL_SEED, N_ROWS, N_X, N_Y, kill_group, make_target, source  # noqa: F401 - a fixture
+from test_kill import KILL_SEED, N_ROWS, N_X, N_Y, kill_group, make_target, source, start  # noqa: F401 - a fixture
 
 from lazyusid.core.function import MAX_ERRORS
 from lazyusid.sinks.base import ERRORS, FAILED, MARKERS
@@ -73,15 +73,10 @@ def test_kill_with_skip_keeps_failures_consistent(kind, source, tmp_path):  # no
     for trial in range(TRIALS):
         src, target = make_target(kind, source, tmp_path / f"trial-{trial}")
         output = target.parent / "output.txt"
-        args = [kill_target.sys.executable, str(kill_target.__file__), str(src), str(target), "--skip"]
-        env = dict(kill_target.os.environ, KILL_TARGET_SLEEP_MS=str(SLEEP_MS))
-        env["DASK_LAZYUSID__CHECKPOINT_INTERVAL"] = str((0, 0.3)[trial % 2])
-        with open(output, "wb") as out:
-            proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=target.parent
-            )
+        interval = (0, 0.3)[trial % 2]
+        proc = start(src, target, output=output, checkpoint_interval=interval, skip=True, sleep_ms=SLEEP_MS)
         try:
-            proc.wait(timeout=rng.uniform(0.3, 2.5))
+            proc.wait(timeout=rng.uniform(0.05, 1.5))  # the run takes ~1.3 s (HDF5) to 2 s (zarr)
         except subprocess.TimeoutExpired:
             pass
         finally:

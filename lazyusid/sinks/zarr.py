@@ -15,6 +15,7 @@ dies) keeps a second writer out.
 from __future__ import annotations
 
 import fcntl
+import functools
 import glob
 import itertools
 import json
@@ -304,16 +305,28 @@ class ZarrRegion:
                 f"cannot store positions {a}:{b} in {self.path}: its {gone} is gone (the store was deleted, "
                 "or changed, while lazyusid computed into it); nothing was written. Run the same call again."
             )
-        group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         arrays = list(zip(shape.outputs, outs))
         if shape.status:  # outs: the outputs, then the failed flags and the errors
             arrays.append((Output(FAILED, (), np.uint8), outs[len(shape.outputs)]))
-        for o, values in arrays:
-            arr = group[o.name]
+        opened = _arrays(self.path, tuple(_metadata_stamp(self.path, o.name) for o, _ in arrays))
+        for (o, values), arr in zip(arrays, opened):
             values = np.asarray(values).reshape((r1 - r0, *shape.extra_shape, *o.shape))
             for index, i, j in boxes(r0, r1, shape.pos_shape):
                 box = tuple(s.stop - s.start for s in index)
                 arr[index] = values[i - r0 : j - r0].reshape(box + values.shape[1:])
+
+
+def _metadata_stamp(path: str, name: str) -> tuple[str, int, int]:
+    """``name`` with the inode and modification time of its ``zarr.json``: a new store gives a new stamp."""
+    st = os.stat(os.path.join(path, name, "zarr.json"))
+    return name, st.st_ino, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _arrays(path: str, stamps: tuple) -> list:
+    """The arrays ``stamps`` name, opened once per process and store (each open reads its metadata)."""
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    return [group[name] for name, _, _ in stamps]
 
 
 def _errors(attrs) -> list[dict]:
