@@ -1,13 +1,15 @@
 """Checkpoints survive real SIGKILLs; resume computes only what is missing; a second writer is refused.
 
 The computation is :func:`kill_target.features` (three outputs) over a small
-synthetic BE file, run by ``tests/kill_target.py`` in a subprocess that
-leads its own session, so ``os.killpg`` also kills the worker processes of a
-``cores=2`` run. References come from a plain NumPy loop.
+synthetic BE file, run by ``tests/kill_target.py`` in a process that leads
+its own session, so ``os.killpg`` also kills the worker processes of a
+``cores=2`` run. The process is forked from one that has imported lazyusid
+already (``tests/kill_zygote.py``), so kills land in the run rather than in
+the 1.7 s of imports. References come from a plain NumPy loop.
 
 1. Kills at random moments. Each trial uses a fresh target and kills after
    a delay drawn uniformly from the duration of an uninterrupted run of the
-   same kind (start-up and group creation included). After each kill, with
+   same kind (opening, checks and group creation included). After each kill, with
    plain h5py or zarr: the target opens and every dataset and chunk in it
    reads; the source main dataset is byte-identical; every row flagged in
    ``completed_positions`` holds exactly (bit for bit) the reference

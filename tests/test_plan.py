@@ -164,6 +164,17 @@ def test_default_plan_gives_every_worker_several_blocks(n_positions, workers):
     assert plan.n_blocks >= min(n_positions, 2 * workers)
 
 
+@settings(max_examples=50, deadline=None)
+@given(n_positions=st.integers(1_000, 10**7), workers=st.integers(2, 8), per_position=st.integers(8, 8192))
+def test_default_blocks_come_in_whole_rounds_of_the_workers(n_positions, workers, per_position):
+    # 15 blocks on 2 workers leave one idle for the whole last block (peers benchmark B: 16 MiB blocks of
+    # a 248 MiB file); the blocks come in whole rounds of `workers`, or are so many that the last round's
+    # idle workers cost under 1 % of the run
+    plan = plan_blocks(n_positions, per_position, 8, budget="8GiB", workers=workers)
+    assert plan.n_blocks % workers == 0 or plan.n_blocks >= 100 * workers
+    assert plan_blocks(512 * 512, 952, 8, budget="8GiB", workers=2, blocks_in_flight=4).n_blocks == 16
+
+
 def test_one_worker_gets_blocks_bounded_by_time_and_bytes_only():
     # a short job in one thread: one block (every block costs a task and a write; nothing to balance)
     assert plan_blocks(1024, 952, 8, budget="1GiB", workers=1, seconds_per_position=1e-5).n_blocks == 1
