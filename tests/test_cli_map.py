@@ -315,6 +315,7 @@ def test_ctrl_c_checkpoints_exits_130_and_a_rerun_completes(scan, mods, tmp_path
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # the README command runs a command-line cluster in tests/test_cluster.py
 def test_scheduler_file_runs_on_a_running_dask_scheduler(scan, mods, tmp_path):
     import clusters
 

@@ -119,7 +119,11 @@ def _interrupted_run(written, tmp_path, sig, *, group: bool):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, group",
-    [(signal.SIGINT, True), pytest.param(signal.SIGTERM, False, marks=pytest.mark.long)],
+    # both in the second test command: the README command interrupts a run with Ctrl-C in tests/test_cli_map.py
+    [
+        pytest.param(signal.SIGINT, True, marks=pytest.mark.long),
+        pytest.param(signal.SIGTERM, False, marks=pytest.mark.long),
+    ],
     ids=["ctrl-c-to-group", "sigterm"],
 )
 def test_interrupt_checkpoints_says_so_once_and_stops(write_usid, tmp_path, sig, group):

@@ -53,10 +53,10 @@ from lazyusid.sinks.hdf5 import _BUILDING
 
 SCRIPT = Path(__file__).with_name("kill_target.py")
 TARGETS = ("in-file", "other-file", "zarr")
-N_Y, N_X = 20, 20
+N_Y, N_X = 16, 16
 N_ROWS = N_Y * N_X
 POSITIONS_PER_BLOCK = 8
-#: sleep per spectrum in the subprocess: a cores=1 run of 400 spectra computes ~1 s, in 50 blocks
+#: sleep per spectrum in the subprocess: a cores=1 run of 256 spectra computes ~0.6 s, in 32 blocks
 SLEEP_MS = {1: 2.5, 2: 5.0}
 #: generous limit for a subprocess that should finish (a hang fails the test instead of blocking it)
 TIMEOUT_S = 300
