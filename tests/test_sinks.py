@@ -782,3 +782,18 @@ def test_a_source_rewritten_in_place_is_computed_anew(kind, scan, tmp_path):
     assert fresh.attrs["usid_token"] != first.attrs["usid_token"]
     assert_matches_reference(fresh, reference(data, peak))
     assert not np.array_equal(fresh.values, first_values)
+
+
+def test_a_zarr_store_made_again_at_the_same_path_is_written_as_the_new_one(scan, tmp_path):
+    # block writers keep their opened arrays per process and store: a store deleted and made again with
+    # other positions at the same path must be opened anew, not written through the old arrays' metadata
+    data = lazyusid.open_usid(scan)
+    store = tmp_path / "results.zarr"
+    first = lazyusid.map_spectra(data, peak, store=store, positions_per_block=5, progress=False)
+    assert_matches_reference(first, reference(data, peak))
+    shutil.rmtree(store)
+    part = data.isel(X=slice(0, 3))
+    again = lazyusid.map_spectra(part, peak, store=store, positions_per_block=3, progress=False)
+    assert again.attrs["usid_rows_computed"] == N_Y * 3
+    stored = zarr.open_group(store, mode="r", zarr_format=3)["peak"][...]
+    np.testing.assert_array_equal(np.asarray(stored).reshape(N_Y, 3), reference(part, peak))
