@@ -109,12 +109,14 @@ NOTES = """## What limits the misses (profiled 2026-12-01/02 on this machine; de
   serial loop's in peers A (it was +22 % with distributed's defaults).
 - **Peers A fresh, end to end vs pyUSID.** A fresh lazyusid run pays its worker pool start (cluster and
   the workers' imports, ~2–3 s) that pyUSID's forked joblib pool does not; the pool starts in the
-  background when processes are chosen, but the compute then waits for it. 0.85× and 1.08× in the last
-  two full runs: one fresh run per tool and run, so noisy.
+  background when processes are chosen, but the compute then waits for it. 0.85×, 1.08× and 0.97× in the last
+  three full runs: one fresh run per tool and run, so noisy.
 - **Peers B, a ~17 µs function.** Blocks are bounded by balance and bytes (the 0.5 s cap applies only to
   functions estimated at ≥ 1 ms per spectrum, `plan.SLOW_SPECTRUM_SECONDS`); each block task still costs
-  ~4.6 ms of CPU on the workers (distributed's messaging), which is what separates lazyusid from
-  `Pool(2)` (1.2–1.8× the serial loop on B here, varying between runs). ≥ 5× pyUSID would need pyUSID to be
+  ~4.6 ms of CPU on the workers (distributed's messaging), and the per-spectrum loop ~0.6 µs per call
+  (`Pool`'s list comprehension 0.06 µs), which is what separates lazyusid from `Pool(2)` (1.2–1.8× the
+  serial loop on B here, varying between runs); default blocks come in whole rounds of the workers (B had
+  15 blocks on 2 workers, one idle through the last). ≥ 5× pyUSID would need pyUSID to be
   slower than it is here (its per-position joblib dispatch).
 - **2 and peers C, vectorised vs h5py's read.** `abs(block).max(-1)` on complex64 is compute- and
   memory-bound here: h5py's warm `read_direct` reads at ~20 GB/s, the computation alone (no engine, 2
@@ -125,7 +127,10 @@ NOTES = """## What limits the misses (profiled 2026-12-01/02 on this machine; de
   group (every chunk allocated up front: docs/design.md, decision 6), the identity's content
   fingerprint, the lazy result. Cut on 2026-12-02 (A/B against the previous code, interleaved: 24.6–25.5
   ms before, 17.7–21.8 ms after): the build no longer reads the source's layout again, two file opens
-  fewer, no `np.shape` per spectrum, only candidates validated as main datasets.
+  fewer, no `np.shape` per spectrum, only candidates validated as main datasets. On a quiet machine
+  17.4–17.7 ms (medians of two A/B rounds); in a loaded run the serial loop itself doubles (5.0 ms
+  against ~2.5) and the fixed cost with it. Per phase (2026-12-02): opening 5.5 ms, planning 1.9, the
+  identity 2.1, the dry run 2.9, the build 2.8, computing 4.9 (the function ~2.5), the lazy result 1.1.
 """
 
 
