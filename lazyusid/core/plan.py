@@ -283,9 +283,8 @@ def plan_blocks(
         if seconds_per_position >= SLOW_SPECTRUM_SECONDS:  # short blocks: workers finish together
             largest = min(largest, max(1, int(MAX_BLOCK_SECONDS / seconds_per_position)))
         positions_per_block = max(1, min(fits, balanced, largest))
-        if (
-            workers > 1
-        ):  # whole rounds: the last blocks keep every worker busy (15 blocks on 2 leave one idle)
+        # whole rounds of the workers: the last blocks keep every worker busy (15 on 2 leave one idle)
+        if workers > 1:
             rounds = math.ceil(math.ceil(n_positions / positions_per_block) / workers)
             positions_per_block = max(1, math.ceil(n_positions / (rounds * workers)))
     elif positions_per_block > fits:
