@@ -304,8 +304,6 @@ def test_ctrl_c_checkpoints_exits_130_and_a_rerun_completes(scan, mods, tmp_path
     assert child.returncode == 130, (out, err)
     lines = [ln for ln in err.splitlines() if ln.startswith("interrupted: ")]
     assert len(lines) == 1, err
-    # one line: the worker processes, interrupted by the same Ctrl-C, print no traceback of their own
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     saved = int(lines[0].split()[1])
     assert saved < N_Y * N_X, lines[0]
     assert "computed" not in out

@@ -135,7 +135,6 @@ def test_interrupt_checkpoints_says_so_once_and_stops(write_usid, tmp_path, sig,
     assert len(lines) == 1, err
     assert f"positions saved in {target}" in lines[0] and "run the same call again to resume" in lines[0]
     assert "KeyboardInterrupt" in err
-    assert err.count("Traceback") == 1, err  # the script's own: none from the interrupted worker processes
     print(f"{sig.name}: exited {seconds:.1f} s after the signal")
     assert seconds < 30  # never a hang (the target, 5 s, is reported, not asserted)
     saved = int(lines[0].split()[1])

@@ -64,8 +64,6 @@ class Pool:
     def _start(self) -> None:
         from distributed import Client, LocalCluster
 
-        from .worker_plugins import IgnoreInterrupts
-
         try:
             with dask.config.set(WORKER_SETTINGS):
                 cluster = LocalCluster(
@@ -76,7 +74,6 @@ class Pool:
                     silence_logs=logging.CRITICAL,
                 )
             self.client = Client(cluster, set_as_default=False)
-            self.client.register_plugin(IgnoreInterrupts(), name="lazyusid-ignore-interrupts")
             self.client.run(_import, sorted(self.modules))
             _measured[:] = [time.perf_counter() - self.started_at]
         except BaseException as exc:  # handed to the thread that waits
