@@ -56,7 +56,9 @@ def CALL(
         Anything not declared is inferred by running ``func`` on the first
         real spectrum of the data.
     vectorized : bool
-        Whether ``func`` takes a block of spectra."""
+        Whether ``func`` takes a block of spectra (positions first). It is
+        called on pieces of about 1 MiB of each block, which stay in the
+        CPU's cache, so it must treat each position on its own."""
 
 
 def RUN(

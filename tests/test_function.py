@@ -201,6 +201,30 @@ def test_evaluate_vectorized():
     np.testing.assert_array_equal(head, BLOCK[:, :3])
 
 
+def test_a_large_block_reaches_a_vectorised_function_in_cache_sized_pieces():
+    from lazyusid.core.function import PIECE_BYTES
+
+    block = np.random.default_rng(0).standard_normal((10_000, 119)).astype("f4")  # 4.5 MiB
+    seen = []
+
+    def abs_max(b):
+        seen.append(b.shape[0])
+        if b[0, 0] == np.float32(1e6):
+            raise ValueError("marked")
+        return np.abs(b).max(-1)
+
+    fn = SpectralFunction(abs_max, {}, (Output("m", (), "float32"),), vectorized=True)
+    (out,) = fn.evaluate(block)
+    np.testing.assert_array_equal(out, np.abs(block).max(-1))
+    assert sum(seen) == 10_000 and len(seen) > 1
+    assert max(seen) * 119 * 4 <= PIECE_BYTES
+    # a failing piece is named by its own positions, not by the whole block's
+    step, marked = seen[0], block.copy()
+    marked[2 * step, 0] = 1e6
+    with pytest.raises(lazyusid.SpectralFunctionError, match=rf"positions {2 * step}:{3 * step} "):
+        fn.evaluate(marked)
+
+
 def test_evaluate_casts_to_the_declared_dtype():
     fn = make(amplitude, {"amplitude": "float32"})
     (out,) = fn.evaluate(BLOCK)
