@@ -149,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def forked_main(argv: list[str]) -> int:
+    """:func:`main` in a child forked from ``tests/zygote.py``, which imported this module before the run's
+    environment was set: :data:`STATE` is read from it again, as a fresh interpreter reads it."""
+    STATE.__init__()
+    return main(argv)
+
+
 if __name__ == "__main__":
     # as a script this file is ``__main__``; import it as ``kill_target`` (its directory is on sys.path) so
     # the function's identity (module and name) is the same as in the tests and in worker processes

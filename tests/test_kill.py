@@ -4,7 +4,7 @@ The computation is :func:`kill_target.features` (three outputs) over a small
 synthetic BE file, run by ``tests/kill_target.py`` in a process that leads
 its own session, so ``os.killpg`` also kills the worker processes of a
 ``cores=2`` run. The process is forked from one that has imported lazyusid
-already (``tests/kill_zygote.py``), so kills land in the run rather than in
+already (``tests/zygote.py``), so kills land in the run rather than in
 the 1.7 s of imports. References come from a plain NumPy loop.
 
 1. Kills at random moments. Each trial uses a fresh target and kills after
@@ -44,7 +44,7 @@ import kill_target
 import numpy as np
 import pytest
 import zarr
-from kill_zygote import Child, Zygote
+from zygote import Child, Zygote
 
 import lazyusid
 from lazyusid import SpectralFunctionError
@@ -56,6 +56,9 @@ TARGETS = ("in-file", "other-file", "zarr")
 N_Y, N_X = 16, 16
 N_ROWS = N_Y * N_X
 POSITIONS_PER_BLOCK = 8
+#: what a run imports, imported once by the zygote before any fork
+PRELOAD = ["h5py", "zarr", "kill_target", "lazyusid.compute", "lazyusid.graph", "lazyusid.sinks.hdf5",
+           "lazyusid.sinks.zarr"]  # fmt: skip
 #: sleep per spectrum in the subprocess: a cores=1 run of 256 spectra computes ~0.6 s, in 32 blocks
 SLEEP_MS = {1: 2.5, 2: 5.0}
 #: generous limit for a subprocess that should finish (a hang fails the test instead of blocking it)
@@ -114,7 +117,7 @@ def start(
 ) -> Child:
     """Start a run of ``kill_target.py`` in a new session (its own process group); stdout and stderr go to ``output``.
 
-    The run is forked from a process that has imported lazyusid already (:mod:`kill_zygote`), so a kill
+    The run is forked from a process that has imported lazyusid already (:mod:`zygote`), so a kill
     lands in the run, not in the imports. ``checkpoint_interval`` (seconds, HDF5 only) 0 flags every block
     as it is written, the strictest case; the default of lazyusid (1 s) flags the blocks written meanwhile
     together. ``skip`` runs :func:`kill_target.fragile` with ``on_error="skip"``.
@@ -130,13 +133,14 @@ def start(
         str(POSITIONS_PER_BLOCK),
     ]
     args += ["--skip"] if skip else []
-    return zygote().start(args, env=environ, cwd=output.parent, output=output)
+    run = {"call": "kill_target:forked_main", "args": args}
+    return zygote().start(run, env=environ, cwd=output.parent, output=output)
 
 
 @functools.cache
 def zygote() -> Zygote:
     """The process runs are forked from (started once per test process, with the first run)."""
-    return Zygote()
+    return Zygote(PRELOAD)
 
 
 def kill_group(proc: Child | subprocess.Popen) -> None:

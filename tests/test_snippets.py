@@ -1,12 +1,13 @@
 """Every ```python block of README.md and docs/*.md runs as written, and shows what it computes.
 
-Each block runs in a subprocess (``python snippet.py``, as a user runs a
-script) in an empty temporary directory holding a small generated scan under
+Each block runs in its own process as a user runs a script (``snippet.py``
+as ``__main__``, forked from a process that imported lazyusid and
+matplotlib once: ``tests/zygote.py``) in an empty temporary directory holding a small generated scan under
 each input name the block uses (``scan.h5``, ``be_pfm.h5``,
 ``lazyusid-demo/be_pfm.h5``), with matplotlib's Agg backend. A page marked
 ``<!-- snippets: one session -->`` (docs/api.md: "the examples run one after
 the other") runs all its blocks in order as one session on the standard
-input, as at the interactive prompt. A block that cannot run on its own
+input, as ``python -`` runs it. A block that cannot run on its own
 (a fragment, code for a SLURM cluster) carries ``<!-- not-run: why -->`` on
 the line before it; it is reported as skipped with that reason.
 
@@ -17,15 +18,16 @@ defect this test guards against.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from zygote import Zygote
 
 import lazyusid
 
@@ -104,21 +106,34 @@ def scans(tmp_path_factory) -> Path:
     return where
 
 
-def run_snippet(snippet: Snippet, where: Path) -> subprocess.CompletedProcess:
-    """Run ``snippet`` in ``where`` as a user would: a script file, or a session on the standard input."""
-    env = dict(
+def environment() -> dict:
+    """The snippets' environment: matplotlib's Agg backend, and this checkout first on the path."""
+    return dict(
         os.environ,
         MPLBACKEND="Agg",
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     )
+
+
+@functools.cache
+def zygote() -> Zygote:
+    """The process the snippets are forked from, with what they import imported (once per test process)."""
+    return Zygote(
+        ["numpy", "xarray", "dask.array", "matplotlib.pyplot", "h5py", "lazyusid"], env=environment()
+    )
+
+
+def run_snippet(snippet: Snippet, where: Path) -> subprocess.CompletedProcess:
+    """Run ``snippet`` in ``where`` as a user would: a script file, or a session on the standard input."""
     if snippet.session:
-        args, stdin = [sys.executable, "-"], snippet.code
+        run = {"stdin": snippet.code}
     else:
         (where / "snippet.py").write_text(snippet.code)
-        args, stdin = [sys.executable, "snippet.py"], None
-    return subprocess.run(
-        args, input=stdin, cwd=where, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+        run = {"script": "snippet.py"}
+    stdout, stderr = where / "stdout.txt", where / "stderr.txt"
+    child = zygote().start(run, env=environment(), cwd=where, output=stdout, errors=stderr)
+    code = child.wait(timeout=TIMEOUT_S)
+    return subprocess.CompletedProcess(run, code, stdout.read_text(), stderr.read_text())
 
 
 def test_the_pages_have_snippets_and_every_mark_says_why():

@@ -210,3 +210,13 @@ def test_no_lazyusid_module_imports_zarr_or_matplotlib_at_module_level():
             for module, ok in allowed.items():
                 if re.search(rf"^(import|from) {module}\b", text, re.M):
                     assert rel in ok, f"lazyusid/{rel} imports {module} at module level"
+
+
+def test_a_pool_that_is_up_takes_a_job_of_any_estimate_past_the_inline_limit(monkeypatch):
+    # a tiny function's first call can measure 0 s (its wait for a CPU, counted at the scheduler's tick,
+    # taken off its wall time): with nothing left to start, the pool has no cost to weigh it against
+    from lazyusid.run import schedulers
+
+    monkeypatch.setattr(schedulers, "INLINE_SECONDS", 0.0)
+    schedulers.shared_client(2)
+    assert schedulers.choose_scheduler(vectorized=False, estimated_seconds=0.0, cores=2).kind == "processes"

@@ -159,7 +159,7 @@ def choose_scheduler(
     if estimated_seconds < INLINE_SECONDS:
         return Scheduler("sync", 1, f"this thread (small job: ~{estimated_seconds:.2g} s estimated)")
     pending = pool.pending_seconds(n)
-    if estimated_seconds * (1 - 1 / n) <= pending:  # n workers would not finish before this thread does
+    if estimated_seconds * (1 - 1 / n) < pending:  # n workers would not finish before this thread does
         return Scheduler(
             "sync",
             1,

@@ -1,24 +1,36 @@
-"""Runs of ``kill_target.py`` forked from one process that has already imported everything they use.
+"""Python runs forked from one process that has already imported everything they use.
 
-A fresh ``python kill_target.py`` spends ~1.7 s importing lazyusid, dask,
-xarray, h5py and zarr before it writes anything, so a kill at a random
-moment of a fresh interpreter mostly lands in the imports, where there is
-nothing to test. This process imports them once (``python kill_zygote.py``,
-started by :class:`Zygote`) and then forks a child per run: each child leads
-its own session (``os.killpg`` kills it and its worker processes, as it
-killed the interpreter), sets the run's environment, working directory and
-output file, and runs :func:`kill_target.main` exactly as the script does.
+A fresh interpreter spends ~1.7 s importing lazyusid, dask, xarray, h5py and
+zarr before it runs a line of the user's code. This process imports them
+once (``python zygote.py MODULE ...``, started by :class:`Zygote`) and then
+forks a child per run: each child leads its own session (``os.killpg``
+kills it and its worker processes, as it killed the interpreter), takes the
+run's environment (re-read by dask as at import), working directory, and
+stdout/stderr file, and runs what it was asked to, as the interpreter would:
+
+* ``{"call": "module:function", "args": [...]}``: ``function(args)``, its
+  return value the exit status (the kill runs: a kill at a random moment of
+  a fresh interpreter mostly lands in the imports, where there is nothing to
+  test; here it lands in the run);
+* ``{"script": path}``: the file as ``__main__`` (``python path``: its
+  directory first on ``sys.path``; worker processes spawned by it import it
+  as ``__mp_main__``, as they import a script);
+* ``{"stdin": code}``: the code as ``__main__`` read from the standard input
+  (``python -``: no file, ``''`` first on ``sys.path``).
+
 A child is a real process, killed with a real SIGKILL; only the imports
-before it were done once.
+before it were done once. Uncaught exceptions print their traceback and
+exit 1, ``sys.exit`` gives its status, and the ``atexit`` functions run.
 
 Protocol on stdin/stdout, one JSON object or line each: a request
-``{"id", "args", "env", "cwd", "output"}`` is answered ``started ID PID``;
-``exit PID STATUS`` follows when the child ends (STATUS as ``Popen.returncode``:
-negative for a signal).
+``{"id", "env", "cwd", "output", and one of the above}`` is answered
+``started ID PID``; ``exit PID STATUS`` follows when the child ends (STATUS
+as ``Popen.returncode``: negative for a signal).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -41,16 +53,39 @@ def _reap(signum, frame) -> None:
         os.write(1, f"exit {pid} {code}\n".encode())
 
 
+def _run(request: dict) -> int:
+    """What the request names, run as the interpreter would run it; its exit status."""
+    import runpy
+    import types
+
+    if "call" in request:
+        module, _, name = request["call"].partition(":")
+        return getattr(importlib.import_module(module), name)(request["args"]) or 0
+    if "script" in request:
+        path = os.path.abspath(request["script"])
+        sys.argv[:] = [request["script"]]
+        sys.path[0] = os.path.dirname(path)
+        runpy.run_path(path, run_name="__main__")
+        return 0
+    sys.argv[:] = ["-"]
+    sys.path[0] = ""
+    main = types.ModuleType("__main__")
+    main.__builtins__ = __builtins__
+    sys.modules["__main__"] = main
+    exec(compile(request["stdin"], "<stdin>", "exec"), main.__dict__)
+    return 0
+
+
 def _child(request: dict) -> None:
     """In the forked child: become the run ``request`` names, then exit with its status (never returns)."""
     code = 1
     try:
         os.setsid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        out = os.open(request["output"], os.O_WRONLY | os.O_APPEND)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
+        for fd, name in ((1, "output"), (2, "errors" if request.get("errors") else "output")):
+            out = os.open(request[name], os.O_WRONLY | os.O_APPEND)
+            os.dup2(out, fd)
+            os.close(out)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
@@ -61,14 +96,17 @@ def _child(request: dict) -> None:
         import atexit
 
         import dask
-        import kill_target
 
         dask.config.refresh()  # the run's DASK_* settings, as a fresh interpreter reads them at import
-        kill_target.STATE.__init__()  # the run's KILL_TARGET_* settings
         try:
-            code = kill_target.main(request["args"]) or 0
+            code = _run(request)
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
         atexit._run_exitfuncs()  # as the interpreter would at exit (the run's worker pool)
     except BaseException:
         import traceback
@@ -80,16 +118,9 @@ def _child(request: dict) -> None:
         os._exit(code)
 
 
-def serve() -> None:
-    import h5py  # noqa: F401 - everything a run imports, imported once before any fork
-    import kill_target  # noqa: F401
-    import zarr  # noqa: F401
-
-    import lazyusid.compute
-    import lazyusid.graph
-    import lazyusid.sinks.hdf5
-    import lazyusid.sinks.zarr  # noqa: F401
-
+def serve(preload: list[str]) -> None:
+    for module in preload:  # everything the runs import, imported once before any fork
+        importlib.import_module(module)
     signal.signal(signal.SIGCHLD, _reap)
     os.write(1, b"ready\n")
     for line in sys.stdin:
@@ -103,12 +134,14 @@ def serve() -> None:
 class Zygote:
     """The forking process, and what it reported (started in :meth:`__init__`, ended with the test process)."""
 
-    def __init__(self):
+    def __init__(self, preload: list[str], env: dict | None = None):
+        """Start the process, which imports the modules ``preload`` (and runs with ``env``, or ours)."""
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__))],
+            [sys.executable, str(Path(__file__)), *preload],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=Path(__file__).parent,
+            env=env,
             start_new_session=True,
         )
         ready = self.proc.stdout.readline()
@@ -129,10 +162,15 @@ class Zygote:
                     self.codes[int(a)] = int(b)
                 self.lock.notify_all()
 
-    def start(self, args: list[str], *, env: dict, cwd: Path, output: Path) -> Child:
-        """Fork a run of ``kill_target.main(args)``; ``output`` receives its stdout and stderr."""
-        Path(output).write_bytes(b"")  # before the fork: it exists (empty) once the run has started
-        request = {"id": next(self.ids), "args": args, "env": env, "cwd": str(cwd), "output": str(output)}
+    def start(self, run: dict, *, env: dict, cwd: Path, output: Path, errors: Path | None = None) -> Child:
+        """Fork a child that runs ``run`` (``call`` and ``args``, ``script`` or ``stdin``: see the module).
+
+        ``output`` receives its stdout, and its stderr unless ``errors`` is given.
+        """
+        request = {"id": next(self.ids), **run, "env": env, "cwd": str(cwd), "output": str(output)}
+        request["errors"] = str(errors) if errors else None
+        for path in (output, errors) if errors else (output,):
+            Path(path).write_bytes(b"")  # before the fork: it exists (empty) once the run has started
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         self.proc.stdin.flush()
         with self.lock:
@@ -161,5 +199,5 @@ class Child:
             return self.zygote.codes[self.pid]
 
 
-if __name__ == "__main__":  # worker processes of a cores=2 run import this file as __mp_main__
-    serve()
+if __name__ == "__main__":  # worker processes of a cores=2 kill run import this file as __mp_main__
+    serve(sys.argv[1:])
