@@ -29,6 +29,7 @@ import os
 import sys
 import time
 
+import h5py
 import numpy as np
 
 #: the source main dataset (what :func:`lazyusid.datasets.make_be_pfm` writes)
@@ -147,6 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"done {result.attrs['usid_store']}", flush=True)
     return 0
+
+
+def read_everything(f: h5py.File) -> None:
+    """Read every attribute and every dataset of ``f`` with plain h5py: raises where a kill left damage."""
+
+    def read(name, obj):
+        dict(obj.attrs)
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+
+    f.visititems(read)
 
 
 def forked_main(argv: list[str]) -> int:

@@ -287,9 +287,11 @@ def test_ctrl_c_checkpoints_exits_130_and_a_rerun_completes(scan, mods, tmp_path
     log = tmp_path / "calls.log"
     argv = [EXE, "map", f"{mods / 'mapfuncs.py'}:logged_peak", str(scan), "--param", f"log={log}",
             "--param", "sleep_s=0.05", "--cores", "2", "--no-progress"]  # fmt: skip
+    # Ctrl-C as in a terminal, also when the tests run in a shell's background (which ignores it there)
     child = subprocess.Popen(
-        argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        argv, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while (not log.exists() or len(logged_pids(log)) < 12) and time.monotonic() < deadline:

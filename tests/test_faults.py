@@ -95,6 +95,8 @@ def _interrupted_run(written, tmp_path, sig, *, group: bool):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as in a terminal, also when the tests run in a shell's background (which ignores it there)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

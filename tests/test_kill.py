@@ -216,13 +216,7 @@ def read_target(kind: str, target: Path, src: Source) -> Stored | None:
         assert _sha256(src.path) == src.digest
         return stored
     with h5py.File(target, "r") as f:  # no repair tools: plain h5py must open it
-
-        def read_all(name, obj):
-            dict(obj.attrs)
-            if isinstance(obj, h5py.Dataset):
-                obj[()]
-
-        f.visititems(read_all)
+        kill_target.read_everything(f)
         if kind == "in-file":
             assert hashlib.sha256(f[kill_target.SOURCE_DATASET][()].tobytes()).hexdigest() == src.digest
         parent = f["/Measurement_000/Channel_000" if kind == "in-file" else "/"]

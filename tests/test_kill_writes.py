@@ -117,13 +117,7 @@ def check_after_kill(kind: str, source: Path, target: Path, scan_digest: str, re
         assert kind == "new-file", "the target disappeared"
         return
     with h5py.File(target, "r") as f:
-
-        def read(name, obj):
-            dict(obj.attrs)
-            if isinstance(obj, h5py.Dataset):
-                obj[()]
-
-        f.visititems(read)
+        kill_target.read_everything(f)
         if kind == "existing-file":
             np.testing.assert_array_equal(f["other"][()], np.arange(100))
         parent = f["/Measurement_000/Channel_000" if kind == "in-file" else "/"]

@@ -242,7 +242,7 @@ def test_an_output_name_zarr_cannot_hold_is_refused_before_computing(scan, tmp_p
 
 def test_a_zarr_store_deleted_while_blocks_finish_is_not_recreated(scan, tmp_path, monkeypatch):
     """Deleted right after a block task stored its values, before this process flags them."""
-    from lazyusid.sinks.zarr import ZarrRegion
+    from lazyusid.sinks.zarr_region import ZarrRegion
 
     data = lazyusid.open_usid(scan)
     store = os.fspath(tmp_path / "r.zarr")
@@ -264,7 +264,7 @@ def test_a_zarr_store_deleted_while_blocks_finish_is_not_recreated(scan, tmp_pat
 
 
 def test_a_zarr_region_never_writes_into_a_deleted_store(scan, tmp_path):
-    from lazyusid.sinks.zarr import ZarrRegion
+    from lazyusid.sinks.zarr_region import ZarrRegion
 
     data = lazyusid.open_usid(scan)
     store = os.fspath(tmp_path / "r.zarr")

@@ -15,7 +15,6 @@ dies) keeps a second writer out.
 from __future__ import annotations
 
 import fcntl
-import functools
 import glob
 import itertools
 import json
@@ -31,12 +30,12 @@ import zarr
 
 from ..core.function import MAX_ERRORS
 from ..core.identity import to_json
-from ..core.outputs import Output
 from ..errors import ReadOnlyStoreError, StoreBusyError, StoreConflictError
 from ..usid.write import bookkeeping_attrs
 from .base import ERRORS, FAILED, MARKERS, Found, ResultShape, Sink, boxes, check_result_names, merge_errors
 from .hdf5_file import alive
 from .zarr_checks import check_names, check_skeleton, metadata_problems
+from .zarr_region import ZarrRegion, missing_metadata
 
 _NEW_SUFFIX = ".lazyusid-partial"
 
@@ -249,7 +248,7 @@ class ZarrSink(Sink):
         Unless the store was deleted meanwhile: flags written then would
         recreate a store of flags and attributes without its arrays.
         """
-        gone = _missing_metadata(self.path, [MARKERS])
+        gone = missing_metadata(self.path, [MARKERS])
         if gone:
             raise StoreConflictError(
                 f"{self.path} was deleted (its {gone} is gone) while lazyusid computed into it; nothing more is "
@@ -280,66 +279,9 @@ class ZarrSink(Sink):
         return _errors(zarr.open_group(self.path, mode="r", zarr_format=3).attrs)
 
 
-class ZarrRegion:
-    """Stores a block's outputs into the zarr store from the task that computed them (picklable).
-
-    A block is whole chunks of the result (:meth:`ZarrSink.todo`); zarr's
-    local store writes each chunk to a temporary file and renames it.
-    """
-
-    def __init__(self, path: str, shape: ResultShape, n_extra: int):
-        self.path, self.shape, self.n_extra = path, shape, n_extra
-
-    def __repr__(self) -> str:
-        return f"ZarrRegion({self.path!r})"
-
-    def __dask_tokenize__(self):
-        return (type(self).__name__, self.path)
-
-    def __call__(self, a: int, b: int, outs) -> None:
-        shape = self.shape
-        r0, r1 = a // self.n_extra, b // self.n_extra
-        gone = _missing_metadata(self.path, [o.name for o in shape.outputs])
-        if gone:  # a chunk written now would recreate a store without metadata
-            raise StoreConflictError(
-                f"cannot store positions {a}:{b} in {self.path}: its {gone} is gone (the store was deleted, "
-                "or changed, while lazyusid computed into it); nothing was written. Run the same call again."
-            )
-        arrays = list(zip(shape.outputs, outs))
-        if shape.status:  # outs: the outputs, then the failed flags and the errors
-            arrays.append((Output(FAILED, (), np.uint8), outs[len(shape.outputs)]))
-        opened = _arrays(self.path, tuple(_metadata_stamp(self.path, o.name) for o, _ in arrays))
-        for (o, values), arr in zip(arrays, opened):
-            values = np.asarray(values).reshape((r1 - r0, *shape.extra_shape, *o.shape))
-            for index, i, j in boxes(r0, r1, shape.pos_shape):
-                box = tuple(s.stop - s.start for s in index)
-                arr[index] = values[i - r0 : j - r0].reshape(box + values.shape[1:])
-
-
-def _metadata_stamp(path: str, name: str) -> tuple[str, int, int]:
-    """``name`` with the inode and modification time of its ``zarr.json``: a new store gives a new stamp."""
-    st = os.stat(os.path.join(path, name, "zarr.json"))
-    return name, st.st_ino, st.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=16)
-def _arrays(path: str, stamps: tuple) -> list:
-    """The arrays ``stamps`` name, opened once per process and store (each open reads its metadata)."""
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
-    return [group[name] for name, _, _ in stamps]
-
-
 def _errors(attrs) -> list[dict]:
     text = attrs.get(ERRORS)
     return json.loads(text) if text else []
-
-
-def _missing_metadata(path: str, arrays) -> str | None:
-    """The first metadata document (``zarr.json``) of the store or of one of ``arrays`` that is missing."""
-    for where in ("", *arrays):
-        if not os.path.isfile(os.path.join(path, where, "zarr.json")):
-            return f"metadata {os.path.join(where, 'zarr.json')!r}"
-    return None
 
 
 def _flagged(path: str, shape: ResultShape) -> int | None:
