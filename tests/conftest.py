@@ -223,7 +223,7 @@ def dask_client():
             n_workers=2,
             processes=True,
             threads_per_worker=1,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: None still binds 8787 (two test processes warn)
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as client,
     ):
