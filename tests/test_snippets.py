@@ -2,8 +2,8 @@
 
 Each block runs in its own process as a user runs a script (``snippet.py``
 as ``__main__``, forked from a process that imported lazyusid and
-matplotlib once: ``tests/zygote.py``) in an empty temporary directory holding a small generated scan under
-each input name the block uses (``scan.h5``, ``be_pfm.h5``,
+matplotlib once: ``tests/zygote.py``) in an empty temporary directory
+holding a small generated scan under each input name the block uses (``scan.h5``, ``be_pfm.h5``,
 ``lazyusid-demo/be_pfm.h5``), with matplotlib's Agg backend. A page marked
 ``<!-- snippets: one session -->`` (docs/api.md: "the examples run one after
 the other") runs all its blocks in order as one session on the standard
@@ -22,6 +22,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,11 @@ def run_snippet(snippet: Snippet, where: Path) -> subprocess.CompletedProcess:
         run = {"script": "snippet.py"}
     stdout, stderr = where / "stdout.txt", where / "stderr.txt"
     child = zygote().start(run, env=environment(), cwd=where, output=stdout, errors=stderr)
-    code = child.wait(timeout=TIMEOUT_S)
+    try:
+        code = child.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the snippet leads its own session, with any workers it started
+        raise
     return subprocess.CompletedProcess(run, code, stdout.read_text(), stderr.read_text())
 
 
