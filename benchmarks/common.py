@@ -221,8 +221,17 @@ def tree_rss(proc: psutil.Process, parts: bool = False, pss: bool = False):
     return (total, own) if parts else total
 
 
+#: the most of one core a PSS sampler may take: it waits at least (1 / share - 1) times as long as its last
+#: sample took. Unbounded, sampling a tool's tree (smaps_rollup walks every page of every process) every 50 ms
+#: took 35 % of a core from the tools (3.45 CPU-s in 10 s, during peers A), more for a tool with more processes
+SAMPLER_SHARE = 0.05
+
+
 class TreeSampler:
-    """Sample the summed RSS (or PSS: ``pss=True``) of a process tree every ``interval_s`` in a thread; keep the peak."""
+    """Sample the summed RSS (or PSS: ``pss=True``) of a process tree every ``interval_s`` in a thread; keep the peak.
+
+    PSS samples come less often when they are costly: at most :data:`SAMPLER_SHARE` of one core.
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.01, pss: bool = False):
         self.proc = psutil.Process(pid)
@@ -237,6 +246,7 @@ class TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            tic = time.perf_counter()
             try:
                 total, own = tree_rss(self.proc, parts=True, pss=self.pss)
                 self.peak = max(self.peak, total)
@@ -245,7 +255,10 @@ class TreeSampler:
                 self.samples += 1
             except psutil.NoSuchProcess:
                 return
-            self._stop.wait(self.interval_s)
+            cost = time.perf_counter() - tic
+            self._stop.wait(
+                max(self.interval_s, cost * (1 / SAMPLER_SHARE - 1)) if self.pss else self.interval_s
+            )
 
     def __enter__(self):
         self._thread.start()

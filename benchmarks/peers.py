@@ -313,7 +313,7 @@ TIMINGS = """- **peers** (issue 14): every tool in its own long-lived process (`
   `apply_ufunc(f, open_usid(path), dask="parallelized")` (`vectorize=True` per spectrum); the dask-based
   ones on dask chunks of ≤ 16 MiB, ≥ 8 of them, on threads or on a 2-process LocalCluster (made the
   default client). Ratios are lazyusid stored's speed-ups (the other's time over lazyusid's, per repeat).
-  Memory: peak PSS of the running tool's process tree, sampled every 50 ms. Results: each compared with
+  Memory: peak PSS of the running tool's process tree, sampled every 50 ms, or less often when a sample is costly (the sampler takes at most 5 % of a core: unbounded it took 35 %). Results: each compared with
   the serial loop's (exact at the tool's output precision, or rtol 1e-6). **Fresh process**: wall time of
   `python -m benchmarks.peer_tools once TOOL A …` from launch until its result is written (interpreter,
   imports, pool start, open, compute, write `.npy`, and the HDF5 store for the stored tools), with the
