@@ -119,9 +119,11 @@ NOTES = """## What limits the misses (profiled 2026-12-01/02 on this machine; de
   15 blocks on 2 workers, one idle through the last). ≥ 5× pyUSID would need pyUSID to be
   slower than it is here (its per-position joblib dispatch).
 - **2 and peers C, vectorised vs h5py's read.** `abs(block).max(-1)` on complex64 is compute- and
-  memory-bound here: h5py's warm `read_direct` reads at ~20 GB/s, the computation alone (no engine, 2
-  threads) takes ≥ 3× longer, and a second core helps little (`Pool(2)` is no faster than the serial loop
-  on C); lazyusid is at ~0.8× of the same work done by hand and ahead of every distributed tool on C.
+  memory-bound here: h5py's warm `read_direct` reads at ~15–20 GB/s. Called on whole 16 MiB blocks the
+  function alone took 0.18–0.22 s on 2 threads for peers C's 1 GiB, on 1 MiB pieces (lazyusid since
+  2026-12-02, `core.function.PIECE_BYTES`) 0.07–0.10 s, against 0.06–0.09 s for `read_direct`; a stored
+  lazyusid run adds ~0.09 s of fixed cost (open, plan, the results file). In a plain script a stored run
+  of peers C takes 0.27 s; in this harness 0.59 s, not yet explained (session notes).
 - **8, small job.** ~18–24 ms of fixed cost per stored call on 1,024 positions (its spread is wide): the
   first read of a new file's layout, the pre-write dry run of the results group in memory, building the
   group (every chunk allocated up front: docs/design.md, decision 6), the identity's content
