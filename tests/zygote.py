@@ -194,7 +194,7 @@ class Child:
             while self.pid not in self.zygote.codes:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise subprocess.TimeoutExpired(f"kill_target pid {self.pid}", timeout)
+                    raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout)
                 self.zygote.lock.wait(left)
             return self.zygote.codes[self.pid]
 

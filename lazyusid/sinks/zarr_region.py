@@ -74,11 +74,9 @@ def _metadata_stamp(path: str, name: str) -> tuple[str, int, int] | str:
     or what is missing when that file is not there (one ``stat``: the check and the stamp)."""
     try:
         st = os.stat(os.path.join(path, name, "zarr.json"))
-    except FileNotFoundError:
+    except OSError:  # gone, or its directory replaced by a file
         return _metadata_name(name)
-    if not stat.S_ISREG(st.st_mode):
-        return _metadata_name(name)
-    return name, st.st_ino, st.st_mtime_ns
+    return (name, st.st_ino, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else _metadata_name(name)
 
 
 @functools.lru_cache(maxsize=16)
