@@ -32,8 +32,7 @@ FAILED = "failed_positions"
 
 
 #: input bytes per call of a vectorised function: a block is handed to it in pieces of about this size, which
-#: stay in the CPU's cache between its NumPy steps (abs-max of 1 GiB of complex64 on 2 threads: 0.18-0.22 s
-#: on 16 MiB blocks, 0.07-0.10 s on 1 MiB pieces; docs/design.md, decision 4)
+#: stay in the CPU's cache between its NumPy steps (docs/design.md, decision 4)
 PIECE_BYTES = 1 << 20
 
 #: Python scalar types, whose shape is () (checked without calling np.shape in the per-spectrum loop)
