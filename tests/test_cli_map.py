@@ -162,7 +162,7 @@ def test_a_py_file_runs_on_worker_processes(scan, mods, tmp_path):
     elsewhere.mkdir()
     proc = subprocess.Popen(
         [EXE, "map", os.path.relpath(mods / "mapfuncs.py", elsewhere) + ":logged_peak", str(scan),
-         "--param", f"log={log}", "--param", "sleep_s=0.08", "--cores", "2", "--no-progress"],  # ~7.7 s of work: worth the workers
+         "--param", f"log={log}", "--param", "sleep_s=0.12", "--cores", "2", "--no-progress"],  # ~11.5 s of work: worth the workers
         cwd=elsewhere, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     out, err = proc.communicate(timeout=300)

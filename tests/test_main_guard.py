@@ -30,7 +30,7 @@ import lazyusid
 
 
 def slow_peak(spectrum):
-    time.sleep({sleep})  # 0.02 s: 256 positions take ~5 s estimated, so cores=2 means worker processes
+    time.sleep({sleep})  # 0.04 s: 256 positions take ~10 s estimated, so cores=2 means worker processes
     return float(np.abs(spectrum).max())
 """
 CALL = """
@@ -45,7 +45,7 @@ def _script(path: str, *, cores: int = 2, guarded: bool) -> str:
     call = CALL.format(path=path, cores=cores)
     if guarded:
         call = 'if __name__ == "__main__":\n' + textwrap.indent(call, "    ")
-    return FUNCTION.format(sleep=0.02 if cores > 1 else 0.001) + call  # in process: no need to be slow
+    return FUNCTION.format(sleep=0.04 if cores > 1 else 0.001) + call  # in process: no need to be slow
 
 
 def _run(args: list[str], tmp_path, stdin: str | None = None) -> subprocess.CompletedProcess:

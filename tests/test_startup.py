@@ -105,7 +105,7 @@ def test_worker_pool_starts_in_the_background_once_and_the_measured_start_up_dec
         lazyusid.shutdown()
         measured = pool.startup_seconds()
         out["after"] = choose(1.9 * measured).kind  # the measured start-up, not the default, decides now
-        out["after_big"] = choose(2.2 * measured + 2).kind
+        out["after_big"] = choose(2 * schedulers.START_MARGIN * measured + 2).kind
         lazyusid.shutdown()
         print(json.dumps(out))
         """

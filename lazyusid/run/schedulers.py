@@ -7,9 +7,9 @@ single-threaded workers (started once, reused), or the user's
 dask-jobqueue's). Vectorised NumPy functions release the GIL and run on
 threads, or on the user's client. Jobs estimated to take less than
 :data:`INLINE_SECONDS` run in this thread, and so do jobs that worker
-processes would not finish sooner once their start is counted (the
-start-up measured in this session, :func:`lazyusid.run.pool.startup_seconds`;
-nothing once the pool is up). Choosing worker processes starts them, in the
+processes would not finish clearly sooner once their start is counted
+(:data:`START_MARGIN` times the start-up measured in this session,
+:func:`lazyusid.run.pool.startup_seconds`; nothing once the pool is up). Choosing worker processes starts them, in the
 background (:mod:`lazyusid.run.pool`). The choice is a value
 (:class:`Scheduler`) made before anything runs, shown with the plan, and
 it is what runs (docs/design.md, decision 4).
@@ -33,6 +33,11 @@ from .pool import shared_client
 
 #: per-spectrum jobs whose estimated run time is below this run in this thread
 INLINE_SECONDS = 1.0
+#: worker processes still to start are chosen only when they would save this many times their start:
+#: both the one-call estimate and the start vary by tens of percent from run to run (a fresh process's
+#: first start here took 2.7-3.8 s), and a wrong "processes" costs the whole start, a wrong "this thread"
+#: at most half of it
+START_MARGIN = 1.5
 
 _lock = threading.Lock()
 #: clients of the users' schedulers lazyusid connected to, by address
@@ -159,12 +164,12 @@ def choose_scheduler(
     if estimated_seconds < INLINE_SECONDS:
         return Scheduler("sync", 1, f"this thread (small job: ~{estimated_seconds:.2g} s estimated)")
     pending = pool.pending_seconds(n)
-    if estimated_seconds * (1 - 1 / n) < pending:  # n workers would not finish before this thread does
+    if estimated_seconds * (1 - 1 / n) < START_MARGIN * pending:  # n workers might not finish sooner
         return Scheduler(
             "sync",
             1,
             f"this thread (~{estimated_seconds:.2g} s estimated: {n} worker processes would save less than "
-            f"their ~{pending:.2g} s start)",
+            f"{START_MARGIN:g}× their ~{pending:.2g} s start)",
         )
     pool.start_pool(n, module)  # in the background: the caller plans and prepares meanwhile
     return Scheduler("processes", n, f"{n} worker processes")
