@@ -23,8 +23,8 @@ import dask
 from .mainguard import refuse_unguarded_main
 
 #: seconds the start of worker processes (cluster and imports) is assumed to take before it was measured.
-#: A fresh process on a quiet 2-core machine measured 2.7-3.8 s (2 workers importing lazyusid.tutorial;
-#: /tmp script, issue 14 note of session 9); 2 s made `cores=2` twice as slow as `cores=1` on a 4 s job.
+#: With 2 s, benchmark 8's fresh-process peak finder once took 10.5 s with `cores=2` against 6.3 s with
+#: `cores=1` (a first start of 2 workers importing lazyusid.tutorial took 2.7-3.8 s here, issue 14 note).
 STARTUP_SECONDS = 3.0
 #: distributed's settings for lazyusid's own workers. A worker that dies in the function is retried
 #: twice, not three times (each death restarts a process). The workers run one function at a time and

@@ -9,10 +9,11 @@ threads, or on the user's client. Jobs estimated to take less than
 :data:`INLINE_SECONDS` run in this thread, and so do jobs that worker
 processes would not finish clearly sooner once their start is counted
 (:data:`START_MARGIN` times the start-up measured in this session,
-:func:`lazyusid.run.pool.startup_seconds`; nothing once the pool is up). Choosing worker processes starts them, in the
-background (:mod:`lazyusid.run.pool`). The choice is a value
-(:class:`Scheduler`) made before anything runs, shown with the plan, and
-it is what runs (docs/design.md, decision 4).
+:func:`lazyusid.run.pool.startup_seconds`; nothing once the pool is up).
+Choosing worker processes starts them, in the background
+(:mod:`lazyusid.run.pool`). The choice is a value (:class:`Scheduler`)
+made before anything runs, shown with the plan, and it is what runs
+(docs/design.md, decision 4).
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from .pool import shared_client
 #: per-spectrum jobs whose estimated run time is below this run in this thread
 INLINE_SECONDS = 1.0
 #: worker processes still to start are chosen only when they would save this many times their start:
-#: both the one-call estimate and the start vary by tens of percent from run to run (a fresh process's
-#: first start here took 2.7-3.8 s), and a wrong "processes" costs the whole start, a wrong "this thread"
-#: at most half of it
+#: both the one-call estimate and the start vary by tens of percent from run to run, and a wrong
+#: "processes" costs the whole start, a wrong "this thread" at most half of it (benchmark 8's fresh rows)
 START_MARGIN = 1.5
 
 _lock = threading.Lock()
