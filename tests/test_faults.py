@@ -41,7 +41,7 @@ def test_function_that_kills_its_worker_names_the_block_and_keeps_what_finished(
         f[written.dataset][40, 0] = 1234.5  # position 40: Y=3, X=4
     data = lazyusid.open_usid(written.path)
     target = tmp_path / "r.h5"
-    lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
+    client = lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
     plan = lazyusid.plan_spectra(data, exits_at_position_40, cores=2, positions_per_block=8)
     assert plan.scheduler == "2 worker processes"  # never in this process: it would take pytest down
     with pytest.raises(lazyusid.WorkerCrashedError, match=r"exits_at_position_40 crashed its worker") as info:
@@ -51,6 +51,9 @@ def test_function_that_kills_its_worker_names_the_block_and_keeps_what_finished(
     message = str(info.value)
     assert "positions 40:48" in message and "Y=3, X=4" in message
     assert info.value.position == 40
+    # its nannies (in this process) restarted the dead workers; a process being spawned holds copies of
+    # this process's open files and so the target's HDF5 lock: the error waits until they are up
+    assert len(client.scheduler_info()["workers"]) == 2
     with h5py.File(target, "r") as f:
         (name,) = [k for k in f if k.startswith("Raw_Data-exits_at_position_40_")]
         flags = f[name]["completed_positions"][()]

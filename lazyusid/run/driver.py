@@ -32,6 +32,8 @@ from .schedulers import forget
 
 #: seconds to wait for the scheduler to cancel outstanding work after an interruption
 CANCEL_TIMEOUT_S = 3.0
+#: seconds to wait for lazyusid's pool to restart the workers a crashing function killed
+RESTART_TIMEOUT_S = 30.0
 
 
 def run_blocks(
@@ -112,6 +114,8 @@ def _run_distributed(smap, tasks, by_key, finished) -> None:
         raise
     if error is not None:
         _cancel(client, futures)
+        if isinstance(error, WorkerCrashedError):
+            _await_restarts(smap.scheduler, client)
         raise error
 
 
@@ -125,6 +129,21 @@ def _cancel(client, futures) -> None:
 
     threading.Thread(target=cancel, daemon=True, name="lazyusid-cancel").start()
     done.wait(CANCEL_TIMEOUT_S)
+
+
+def _await_restarts(scheduler, client) -> None:
+    """Wait (at most :data:`RESTART_TIMEOUT_S`) until lazyusid's pool has all its workers again.
+
+    Its nannies live in this process and restart a dead worker at once. A
+    process being spawned holds, until it has started, copies of this
+    process's open files, the target among them (HDF5 opens it without
+    close-on-exec), and so its HDF5 lock: an open of the target right after
+    the error would be refused. A user's cluster restarts its workers elsewhere.
+    """
+    if scheduler.kind != "processes":
+        return
+    with contextlib.suppress(Exception):  # the error is what matters; a pool that did not recover is redone
+        client.wait_for_workers(scheduler.workers, timeout=RESTART_TIMEOUT_S)
 
 
 def _crashed(smap, block: tuple[int, int], exc: BaseException) -> WorkerCrashedError:
