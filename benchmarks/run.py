@@ -98,8 +98,40 @@ def text_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-#: what profiling found behind the misses and what changed (py-spy, pyinstrument; see the issue-6 notes)
-NOTES = """## What limits the misses (profiled 2026-12-01/02 on this machine; details in the session notes)
+#: what profiling found behind the misses and what changed (py-spy, pyinstrument, cProfile; see the issue notes)
+NOTES = """## What limits the misses
+
+### On this run's machine (Intel Xeon, 2 vCPUs; 2026-12-03)
+
+- **The machine, first.** Everything takes 2–3× as long as on the AMD EPYC machine of the earlier runs
+  (serial peak finder 66–92 s against 30 s; the seed's `quadratic_peak` 63 µs per spectrum against ~23),
+  and its spread is wide with nothing else running (no steal time in `/proc/stat`): the same 64×64 peak-finder
+  call in the peers harness took 9.7, 13.4 and 14.9 s in three consecutive repeats. Both vCPUs busy run
+  each slower: in peers A `Pool(2)` spent 91 CPU-s where the serial loop spent 66 (+37 %), LiberTEM 96,
+  HyperSpy and xarray on a LocalCluster 94–96; in benchmark 1 lazyusid and pyUSID spent the same (106 and
+  107 CPU-s). The extra CPU of the process-based tools is the machine's here, not distributed's; `Pool(2)`
+  reaches only 1.68× the serial loop (benchmark 1), so ≥ 1.9× serial is above this machine's ceiling.
+- **Peers A's CPU column for lazyusid (~52 CPU-s for ~51 s) is not credible**: the same harness on 64×64
+  (`ToolProcess("lazyusid-stored", …)`, three calls) counted 1.9–2.0 cores, and its worker pids did not
+  change. Not explained yet; the wall times are not affected by how CPU is counted.
+- **Peers A, in session and fresh, vs pyUSID** (0.90× and 0.81×): in session the two medians of two
+  repeats each overlap (lazyusid 41–60 s, pyUSID 41–48 s); fresh, lazyusid pays its pool start (5.9 s on
+  this machine, 3.5 s on the AMD one) and its workers' imports before the first block, which pyUSID's
+  forked joblib pool does not.
+- **Peers B** (1.17× serial, 0.77× `Pool(2)`, 1.70× pyUSID): lazyusid spent 23.8 CPU-s where `Pool(2)`
+  spent 18.7 and the serial loop 14.5: the per-block task cost and the per-spectrum loop (below, measured
+  on the AMD machine; not profiled again on this one).
+- **Peers C** (lazyusid stored 1.33–1.79 s; serial 0.98 s; LiberTEM 1.25–1.38 s): in session 11 the same
+  harness on this machine measured lazyusid at 0.36–0.49 s, so this run's 3–4× is not the function; the first
+  call after a new file costs 0.1–0.2 s more (session 11) and not this much. Not explained.
+- **8, small job** (53 ms over the serial loop's 7.3 ms; 37–78): cProfile of the stored call, per call,
+  on this machine: `open_usid` ~24 ms profiled, of which validating the main dataset's layout ~7 ms
+  unprofiled (~20 h5py attribute reads, ~0.1 ms each here) and walking the file 2.5 ms; the dry run of
+  the results group in memory and the real build ~10 ms profiled each (~61 attribute writes, ~63 h5py
+  `File` objects from `.file`); the identity's content fingerprint ~4 ms profiled. The cost is h5py's
+  per-call Python overhead, spread over many calls; no single cut reaches 15 ms on this machine.
+
+### On the AMD EPYC machine (2 cores; profiled 2026-12-01/02; details in the session notes)
 
 - **1 and peers A, the peak finder in session.** A CPU-bound ~1.5 ms function on 2 cores: `Pool(2)`
   is the ceiling (1.8–1.9× serial); lazyusid runs at 0.91–1.03× of it depending on the run and the harness
