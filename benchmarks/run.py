@@ -122,11 +122,12 @@ NOTES = """## What limits the misses
   spent 18.7 and the serial loop 14.5: the per-block task cost and the per-spectrum loop (below, measured
   on the AMD machine; not profiled again on this one).
 - **Peers C** (lazyusid stored 1.33–1.79 s; serial 0.98 s; LiberTEM 1.25–1.38 s): the same stored call in
-  fresh script processes (3 calls each, 8 processes) took 0.50–0.70 s in some processes and 1.1–1.3 s in
-  others, steady within a process, whether or not the worker pool was running or had run a job first;
+  fresh script processes (3 calls each, 9 processes) took 0.50–1.37 s, the spread mostly between processes
+  (medians per process 0.52, 0.69, 0.78, 1.06, 1.12, 1.16, 1.20, 1.29, 1.32 s), whether or not the worker
+  pool was running or had run a job first;
   a plain single-threaded h5py + NumPy loop took 0.72–0.93 s (4 processes). The function is memory-bound
   and this machine's `read_direct` reads at 4.4 GB/s (13 GB/s on the AMD one): the two threads seem to
-  contend for memory in some processes and not in others. Not explained further.
+  contend for memory more in some processes than in others. Not explained further.
 - **8, small job** (53 ms over the serial loop's 7.3 ms; 37–78): cProfile of the stored call, per call,
   on this machine: `open_usid` ~24 ms profiled, of which validating the main dataset's layout ~7 ms
   unprofiled (~20 h5py attribute reads, ~0.1 ms each here) and walking the file 2.5 ms; the dry run of
