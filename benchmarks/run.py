@@ -123,7 +123,7 @@ NOTES = """## What limits the misses
   on the AMD machine; not profiled again on this one).
 - **Peers C** (lazyusid stored 1.33–1.79 s; serial 0.98 s; LiberTEM 1.25–1.38 s): the same stored call in
   fresh script processes (3 calls each, 9 processes) took 0.50–1.37 s, the spread mostly between processes
-  (medians per process 0.52, 0.69, 0.78, 1.06, 1.12, 1.16, 1.20, 1.29, 1.32 s), whether or not the worker
+  (medians per process 0.52, 0.69, 0.78, 1.06, 1.16, 1.17, 1.18, 1.20, 1.29 s), whether or not the worker
   pool was running or had run a job first;
   a plain single-threaded h5py + NumPy loop took 0.72–0.93 s (4 processes). The function is memory-bound
   and this machine's `read_direct` reads at 4.4 GB/s (13 GB/s on the AMD one): the two threads seem to
