@@ -41,7 +41,8 @@ def test_function_that_kills_its_worker_names_the_block_and_keeps_what_finished(
         f[written.dataset][40, 0] = 1234.5  # position 40: Y=3, X=4
     data = lazyusid.open_usid(written.path)
     target = tmp_path / "r.h5"
-    client = lazyusid.run.schedulers.shared_client(2)  # the pool is up: no start-up left to weigh against the work
+    # the pool is up: no start-up left to weigh against the work
+    client = lazyusid.run.schedulers.shared_client(2)
     plan = lazyusid.plan_spectra(data, exits_at_position_40, cores=2, positions_per_block=8)
     assert plan.scheduler == "2 worker processes"  # never in this process: it would take pytest down
     with pytest.raises(lazyusid.WorkerCrashedError, match=r"exits_at_position_40 crashed its worker") as info:
