@@ -192,9 +192,15 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its live descendants (e.g. a session's workers)."""
+    """CPU seconds used so far by this process, its live descendants and its children that have exited.
+
+    Live ones: e.g. a session's workers; exited ones (waited for, with what their own
+    waited-for children used): e.g. pyUSID's per-call joblib workers, or a restarted worker.
+    Differences of two readings count a child that exits in between once.
+    """
     me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
+    done = os.times()
+    total = sum(me.cpu_times()[:2]) + done.children_user + done.children_system
     for p in me.children(recursive=True):
         try:
             total += sum(p.cpu_times()[:2])

@@ -111,9 +111,13 @@ NOTES = """## What limits the misses
   HyperSpy and xarray on a LocalCluster 94–96; in benchmark 1 lazyusid and pyUSID spent the same (106 and
   107 CPU-s). The extra CPU of the process-based tools is the machine's here, not distributed's; `Pool(2)`
   reaches only 1.68× the serial loop (benchmark 1), so ≥ 1.9× serial is above this machine's ceiling.
-- **Peers A's CPU column for lazyusid (~52 CPU-s for ~51 s) is not credible**: the same harness on 64×64
-  (`ToolProcess("lazyusid-stored", …)`, three calls) counted 1.9–2.0 cores, and its worker pids did not
-  change. Not explained yet; the wall times are not affected by how CPU is counted.
+- **The peers' CPU column in this run undercounts** what exited child processes used: it summed the tool
+  process and its live descendants only, so pyUSID's per-call workers were missed (2.4 CPU-s for a 45 s
+  run on 2 cores). `benchmarks.common.cpu_seconds` now adds the children that have exited (replayed in the
+  peers harness on 32×32: pyUSID 0.5–0.9 CPU-s before, 6.4–6.6 after, for 3.5–4.0 s; lazyusid stored 6.1–6.4
+  and `Pool(2)` 5.5, unchanged). lazyusid's ~52 CPU-s for ~51 s in peers A may be the same (a worker that
+  exited during the call); replayed on 64×64 it counted 1.9–2.0 cores and its worker pids did not change.
+  The wall times do not depend on how CPU is counted.
 - **Peers A, in session and fresh, vs pyUSID** (0.90× and 0.81×): in session the two medians of two
   repeats each overlap (lazyusid 41–60 s, pyUSID 41–48 s); fresh, lazyusid pays its pool start (5.9 s on
   this machine, 3.5 s on the AMD one) and its workers' imports before the first block, which pyUSID's

@@ -8,6 +8,8 @@ computed) must pass, and every benchmark must produce its rows.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ pytest.importorskip("pyUSID")
 psutil = pytest.importorskip("psutil")
 
 from benchmarks import checkpoint, cluster, derived, memory, peaks, throughput  # noqa: E402
-from benchmarks.common import tiny_config  # noqa: E402
+from benchmarks.common import cpu_seconds, tiny_config  # noqa: E402
 from benchmarks.run import table, text_table, write_markdown  # noqa: E402
 
 
@@ -211,3 +213,11 @@ def test_startup_rows_are_measured(cfg):
         "fresh process end to end, peak finder, cores=2 / cores=1",
     ):
         assert rows[measure].passed is not None and rows[measure].value
+
+
+def test_cpu_seconds_counts_a_child_that_exited_meanwhile():
+    """What a per-call worker used is counted once it has exited (pyUSID's workers, a restarted worker)."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    before = cpu_seconds()
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert cpu_seconds() - before >= 0.5
