@@ -192,20 +192,20 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds used so far by this process, its live descendants and its children that have exited.
+    """CPU seconds used so far by this process and its live descendants, each with its children that exited.
 
-    Live ones: e.g. a session's workers; exited ones (waited for, with what their own
-    waited-for children used): e.g. pyUSID's per-call joblib workers, or a restarted worker.
-    Differences of two readings count a child that exits in between once.
+    Live ones: e.g. a session's workers; exited ones (counted by the process that waited for them):
+    e.g. pyUSID's per-call joblib workers, or a restarted worker. A difference of two readings counts
+    a process that exits in between once, at its full time.
     """
+    total = 0.0
     me = psutil.Process()
-    done = os.times()
-    total = sum(me.cpu_times()[:2]) + done.children_user + done.children_system
-    for p in me.children(recursive=True):
+    for p in [me, *me.children(recursive=True)]:
         try:
-            total += sum(p.cpu_times()[:2])
+            t = p.cpu_times()
         except psutil.NoSuchProcess:
-            pass
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
