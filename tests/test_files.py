@@ -122,6 +122,23 @@ def test_file_without_main_dataset(tmp_path):
         open_usid(path)
 
 
+def test_a_name_that_is_not_utf8_is_named_in_the_error_not_a_type_error(two_mains):
+    """HDF5 names are bytes: a group named in Latin-1 (b"Messung_\xc4") holds data lazyusid cannot address."""
+    first, _ = two_mains
+    with h5py.File(first.path, "a") as f:
+        f.move("Measurement_001", b"Messung_\xc4")
+    assert list_main(first.path) == [FIRST]  # the other main dataset is still found and opened
+    assert open_usid(first.path).attrs["usid_dataset"] == FIRST
+    with h5py.File(first.path, "a") as f:
+        f.move("Measurement_000", b"Messung_\xd6")
+    assert list_main(first.path) == []
+    with pytest.raises(DatasetSelectionError) as info:
+        open_usid(first.path)
+    text = str(info.value)
+    assert "not UTF-8 text" in text and ".move(b'/Messung_\\xc4', " in text
+    assert r"'/Messung_\xd6', '/Messung_\xc4'" in text or r"'/Messung_\xc4', '/Messung_\xd6'" in text
+
+
 def test_tree_shows_groups_and_main_dims(two_mains):
     first, _ = two_mains
     text = tree(first.path)

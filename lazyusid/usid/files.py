@@ -105,20 +105,21 @@ def list_main(source: PathLike | h5py.File) -> list[str]:
     >>> list_main("scan.h5")                                            # doctest: +SKIP
     ['/Measurement_000/Channel_000/Raw_Data']
     """
-    found: list[str] = []
     with open_file(source) as f:
+        return [path for path, d in _candidates(f) if is_main(d)]
 
-        def visit(name, obj):
-            if (
-                isinstance(obj, h5py.Dataset)
-                and obj.ndim == 2
-                and "Position_Indices" in obj.attrs  # the others fail validation anyway: not worth a message
-                and not _unfinished(name)
-                and is_main(obj)
-            ):
-                found.append(obj.name)
 
-        f.visititems(visit)
+def _candidates(f: h5py.File, measured: bool = False) -> list[tuple[str, h5py.Dataset]]:
+    """``(path, dataset)`` of the 2-D datasets with ``Position_Indices`` (the others fail validation anyway).
+
+    ``measured``: only those outside results groups (the others are not opened).
+    """
+    found = []
+    for path in _datasets(f):
+        if not (measured and in_results_group(path)):
+            d = f[path]
+            if d.ndim == 2 and "Position_Indices" in d.attrs:
+                found.append((path, d))
     return found
 
 
@@ -131,26 +132,74 @@ def invalid_candidates(source: PathLike | h5py.File) -> list[tuple[str, str]]:
     """
     found: list[tuple[str, str]] = []
     with open_file(source) as f:
-
-        def visit(name, obj):
-            if (
-                isinstance(obj, h5py.Dataset)
-                and not _unfinished(name)
-                and obj.ndim == 2
-                and any(k in obj.attrs for k in ANCILLARY_NAMES)
-            ):
+        for path in _datasets(f):
+            d = f[path]
+            if d.ndim == 2 and any(k in d.attrs for k in ANCILLARY_NAMES):
                 try:
-                    read_layout(obj)
+                    read_layout(d)
                 except InvalidUSIDError as exc:
-                    found.append((obj.name, str(exc).split("is not a USID main dataset: ", 1)[-1]))
+                    found.append((path, str(exc).split("is not a USID main dataset: ", 1)[-1]))
+    return found
 
-        f.visititems(visit)
+
+def _datasets(f: h5py.File) -> list[str]:
+    """Paths of every dataset of the file (hard links, each object once, in file order), none in
+    :data:`UNFINISHED_GROUP`.
+
+    Only those whose path is UTF-8 text: lazyusid addresses datasets by
+    ``str`` paths (:func:`_not_utf8` names the others). ``h5o.visit`` with
+    the objects' info opens none (``visititems`` opens every object).
+    """
+    names: list[str] = []
+
+    def visit(name: bytes, info) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            try:
+                text = name.decode("utf-8")
+            except UnicodeDecodeError:
+                return
+            if not _unfinished(text):
+                names.append("/" + text)
+
+    h5py.h5o.visit(f.id, visit, info=True)
+    return names
+
+
+def _not_utf8(f: h5py.File) -> list[bytes]:
+    """The shortest paths (bytes) of the file whose last name is not UTF-8 text, in file order."""
+    found: list[bytes] = []
+
+    def visit(name: bytes) -> None:
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            parts = name.split(b"/")
+            for k in range(1, len(parts) + 1):
+                try:
+                    parts[k - 1].decode("utf-8")
+                except UnicodeDecodeError:
+                    prefix = b"/" + b"/".join(parts[:k])
+                    if prefix not in found:
+                        found.append(prefix)
+                    return
+
+    h5py.h5o.visit(f.id, visit)
     return found
 
 
 def no_main_message(source: PathLike | h5py.File, filename: str) -> str:
     """Why ``filename`` holds no main dataset: each invalid candidate and its problem, or that there is none."""
+    with open_file(source) as f:
+        unnamed = _not_utf8(f)
     bad = invalid_candidates(source)
+    if unnamed:
+        shown = ", ".join(printable(repr(n)[1:]) for n in unnamed)
+        return (
+            f"{filename!r} holds no USID main dataset lazyusid can address: {shown} (and what lies under "
+            "them) have names that are not UTF-8 text, and lazyusid addresses datasets by text paths. Rename "
+            f"them with h5py, e.g. h5py.File(path, 'a').move({unnamed[0]!r}, 'a text name')"
+            + ("".join(f"\n  {name}: {why}" for name, why in bad) if bad else "")
+        )
     if not bad:
         return f"{filename!r} holds no USID main dataset (no 2-D dataset with ancillary attributes)"
     listing = "\n  ".join(f"{name}: {why}" for name, why in bad)
@@ -178,24 +227,29 @@ def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
     do not count when exactly one main dataset lies outside them: a file
     holding a measurement and its results opens to the measurement.
     """
-    mains = list_main(f)
+    if dataset is not None and dataset in f:
+        obj = f[dataset]
+        read_layout(obj)  # raises InvalidUSIDError explaining what is wrong
+        return obj
+    if dataset is None:  # the measured main datasets first: a file of many results groups opens one
+        measured = [m for m, d in _candidates(f, measured=True) if is_main(d)]
+        if len(measured) == 1:
+            return f[measured[0]]
+    candidates = _candidates(f)
     if dataset is None:
-        measured = [m for m in mains if not in_results_group(m)]
-        if len(mains) == 1 or len(measured) == 1:
-            return f[(measured or mains)[0]]
+        mains = [m for m, d in candidates if m in measured or (in_results_group(m) and is_main(d))]
+        if len(mains) == 1:
+            return f[mains[0]]
         if not mains:
             raise DatasetSelectionError(no_main_message(f, f.filename))
         listing = "\n  ".join(mains)
         raise DatasetSelectionError(
             f"{f.filename!r} holds {len(mains)} main datasets; choose one with dataset=...:\n  {listing}"
         )
-    if dataset in f:
-        obj = f[dataset]
-        read_layout(obj)  # raises InvalidUSIDError explaining what is wrong
-        return obj
-    matches = [m for m in mains if m.rsplit("/", 1)[-1] == dataset.strip("/")]
+    matches = [m for m, d in candidates if m.rsplit("/", 1)[-1] == dataset.strip("/") and is_main(d)]
     if len(matches) == 1:
         return f[matches[0]]
+    mains = [m for m, d in candidates if is_main(d)]
     listing = "\n  ".join(mains) or "(none)"
     why = "is ambiguous" if matches else "is not in the file"
     raise DatasetSelectionError(f"dataset {dataset!r} {why} {f.filename!r}; main datasets:\n  {listing}")
