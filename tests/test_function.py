@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazyusid
 from lazyusid.core.function import SpectralFunction
@@ -533,3 +535,52 @@ def test_a_declared_dtype_the_first_value_does_not_fit_is_refused_before_anythin
     with pytest.raises(OutputDtypeError, match=r"output 'v' is uint64, declared.*outputs=\{'v': 'float64'\}"):
         lazyusid.map_spectra(data, lambda s: s.mean(), core_dims=1, outputs={"v": "u8"}, store=target)
     assert not target.exists()
+
+
+#: values of every class a scalar function returns, some that fit each dtype below and some that do not
+VALUES = [
+    1.5,
+    -2.0,
+    3,
+    2**70,
+    True,
+    np.float32(0.25),
+    np.float64(1e300),
+    np.int64(-7),
+    np.uint8(200),
+    np.int8(-3),
+    np.complex64(1j),
+    np.array(2.5),
+    np.array(4),
+    1 + 0j,
+    float("nan"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # 1e300 into float32: inf, as alone
+@settings(max_examples=150, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, len(VALUES) - 1), min_size=1, max_size=40),
+    dtype=st.sampled_from(["float64", "float32", "int64", "int8", "uint8", "bool", "complex64"]),
+)
+def test_a_block_stores_and_refuses_what_one_spectrum_at_a_time_does(picks, dtype):
+    """The loop's shortcut for values of a class known to fit changes nothing: each value is judged as alone."""
+    block = np.arange(len(picks), dtype=float)[:, None] * np.ones(3)
+
+    def pick(spectrum):
+        return VALUES[picks[int(spectrum[0])]]
+
+    fn = SpectralFunction(pick, {}, (Output("pick", (), np.dtype(dtype)),))
+    alone, refused = [], None
+    for i in range(len(picks)):  # the reference: every value the first of its block
+        try:
+            alone.append(fn.evaluate(block[i : i + 1], first=i)[0][0])
+        except OutputDtypeError as exc:
+            refused = exc.position
+            break
+    if refused is None:
+        np.testing.assert_array_equal(fn.evaluate(block)[0], np.array(alone, dtype=dtype))
+    else:
+        with pytest.raises(OutputDtypeError) as info:
+            fn.evaluate(block)
+        assert info.value.position == refused
