@@ -101,7 +101,30 @@ def text_table(rows: list[Row]) -> str:
 #: what profiling found behind the misses and what changed (py-spy, pyinstrument, cProfile; see the issue notes)
 NOTES = """## What limits the misses
 
-### On this run's machine (Intel Xeon, 2 vCPUs; 2026-12-03)
+### On the AMD EPYC machine again (2 physical cores; 2026-12-04)
+
+- **Changed since the Xeon run below.** The per-spectrum loop stores a scalar value of a class already
+  found to fit without its checks (peers B's ~55 µs fit here: 59.7 → 56.3 µs per spectrum in the loop, a
+  plain list comprehension 55.5; `/tmp/s14/loop4.py` of the session notes); `CallTimer` no longer measures a
+  fast function's one timed call as 0 s when its thread is preempted while reading its run-queue count: that
+  ran 1 of 40 plans of D (`plan_spectra`, pool up) in this thread as a "small job" — peers D's 8.69 s repeat
+  in the run before this one, against 4.97 s; replayed alone in the harness D takes 4.4–4.6 s (10 calls).
+  `open_usid` on a file with 50 results groups validates only the measured main dataset (188 → 8 ms).
+- **The machine** gives `Pool(2)` 2.04× the serial loop here (1.68× on the Xeon): benchmark 1's ≥ 1.9×
+  is met on it.
+- **Peers B vs `Pool(2)`**: replayed in plain scripts (`Pool(2)` over 16 MiB h5py row blocks against
+  `map_spectra(..., store=, cores=2)`, two runs each, per-thread CPU from psutil), lazyusid's worker
+  task threads spent 7.4–7.9 CPU-s each where `Pool`'s processes spent 7.2–7.3, their event-loop
+  threads 0.05–0.3 s, and py-spy puts 86 % of the workers' samples in the function and 2 % in the loop:
+  the rest of the gap is the function itself running slower in a worker thread (not profiled further).
+  In the harness lazyusid's two repeats spread wider (B 9.1–10.4 s, A 33.7–39.3 s) than any other
+  tool's; not explained.
+- **Small job (8)**: ~25–27 ms over the serial loop's 4.5 ms, spread over h5py calls (see the Xeon notes);
+  per phase on this machine, per call: opening 7.8 ms (of which the new file's layout 3.3), the dry run of
+  the results group in memory 3.9, the real build 3.5, computing 6.6 (the function ~3.8), planning 2.0,
+  the identity 1.6, the rest ~3.
+
+### On the Intel Xeon machine (2 vCPUs; 2026-12-03)
 
 - **The machine, first.** Everything takes 2–3× as long as on the AMD EPYC machine of the earlier runs
   (serial peak finder 66–92 s against 30 s; the seed's `quadratic_peak` 63 µs per spectrum against ~23),
