@@ -105,7 +105,7 @@ NOTES = """## What limits the misses
 
 - **Changed since the Xeon run below.** The per-spectrum loop stores a scalar value of a class already
   found to fit without its checks (peers B's ~55 µs fit here: 59.7 → 56.3 µs per spectrum in the loop, a
-  plain list comprehension 55.5; `/tmp/s14/loop4.py` of the session notes); `CallTimer` no longer measures a
+  plain list comprehension 55.5; 16,384 spectra in memory, 15 interleaved rounds); `CallTimer` no longer measures a
   fast function's one timed call as 0 s when its thread is preempted while reading its run-queue count: that
   ran 1 of 40 plans of D (`plan_spectra`, pool up) in this thread as a "small job" — peers D's 8.69 s repeat
   in the run before this one, against 4.97 s; replayed alone in the harness D takes 4.4–4.6 s (10 calls).
@@ -117,8 +117,10 @@ NOTES = """## What limits the misses
   task threads spent 7.4–7.9 CPU-s each where `Pool`'s processes spent 7.2–7.3, their event-loop
   threads 0.05–0.3 s, and py-spy puts 86 % of the workers' samples in the function and 2 % in the loop:
   the rest of the gap is the function itself running slower in a worker thread (not profiled further).
-  In the harness lazyusid's two repeats spread wider (B 9.1–10.4 s, A 33.7–39.3 s) than any other
-  tool's; not explained.
+  In the harness lazyusid's repeats spread wider than any other tool's: in both full runs of 2026-12-04
+  the second repeat of A took 38.7–39.6 s for both lazyusid tools against 32.7–35.6 s in the first (the
+  other tools' two repeats within 1 s of each other); reproducible, not explained (peers D, replayed alone
+  in the harness with 2 s and 20 s pauses between frozen calls, was steady).
 - **Small job (8)**: ~25–27 ms over the serial loop's 4.5 ms, spread over h5py calls (see the Xeon notes);
   per phase on this machine, per call: opening 7.8 ms (of which the new file's layout 3.3), the dry run of
   the results group in memory 3.9, the real build 3.5, computing 6.6 (the function ~3.8), planning 2.0,
