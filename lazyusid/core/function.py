@@ -218,7 +218,7 @@ class SpectralFunction:
 
         A scalar output takes a value of a class already found to fit it as it
         is (a Python float into float64) without the checks of :meth:`_store`:
-        with a function of ~20 µs, these checks cost it ~7 %, as they run
+        with a function of ~55 µs, these checks cost it ~7 %, as they run
         when the CPU's caches hold the function's code, not the loop's.
         """
         params = self.params if params is None else params

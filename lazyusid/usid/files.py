@@ -170,28 +170,29 @@ def _not_utf8(f: h5py.File) -> list[bytes]:
     found: list[bytes] = []
 
     def visit(name: bytes) -> None:
-        try:
-            name.decode("utf-8")
-        except UnicodeDecodeError:
-            parts = name.split(b"/")
-            for k in range(1, len(parts) + 1):
-                try:
-                    parts[k - 1].decode("utf-8")
-                except UnicodeDecodeError:
-                    prefix = b"/" + b"/".join(parts[:k])
-                    if prefix not in found:
-                        found.append(prefix)
-                    return
+        parts = name.split(b"/")
+        bad = next((k for k, part in enumerate(parts) if not _utf8(part)), None)
+        prefix = None if bad is None else b"/" + b"/".join(parts[: bad + 1])
+        if prefix is not None and prefix not in found:
+            found.append(prefix)
 
     h5py.h5o.visit(f.id, visit)
     return found
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def no_main_message(source: PathLike | h5py.File, filename: str) -> str:
     """Why ``filename`` holds no main dataset: each invalid candidate and its problem, or that there is none."""
     with open_file(source) as f:
         unnamed = _not_utf8(f)
-    bad = invalid_candidates(source)
+        bad = invalid_candidates(f)
     if unnamed:
         shown = ", ".join(printable(repr(n)[1:]) for n in unnamed)
         return (
@@ -232,9 +233,9 @@ def select_main(f: h5py.File, dataset: str | None) -> h5py.Dataset:
         read_layout(obj)  # raises InvalidUSIDError explaining what is wrong
         return obj
     if dataset is None:  # the measured main datasets first: a file of many results groups opens one
-        measured = [m for m, d in _candidates(f, measured=True) if is_main(d)]
+        measured = {m for m, d in _candidates(f, measured=True) if is_main(d)}
         if len(measured) == 1:
-            return f[measured[0]]
+            return f[measured.pop()]
     candidates = _candidates(f)
     if dataset is None:
         mains = [m for m, d in candidates if m in measured or (in_results_group(m) and is_main(d))]
